@@ -1,0 +1,161 @@
+"""The public ``grid_sample``: argument checks, layout, and dispatch.
+
+Every check runs on static shapes and dtypes before anything is traced, so a
+mistake gives a ``ValueError``/``TypeError`` that names what was expected and
+what was received, never an error from deep inside JAX.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from ._autodiff import INTERPOLATION_FAMILIES, sample
+from ._coordinates import PADDING_MODES
+
+InterpolationMode = Literal["bilinear", "nearest", "bicubic"]
+PaddingMode = Literal["zeros", "border", "reflection"]
+
+_AXES = {4: "(N, C, H_in, W_in)", 5: "(N, C, D_in, H_in, W_in)"}
+_AXES_LAST = {4: "(N, H_in, W_in, C)", 5: "(N, D_in, H_in, W_in, C)"}
+_GRID_AXES = {4: "(N, H_out, W_out, 2)", 5: "(N, D_out, H_out, W_out, 3)"}
+
+
+def _shape_and_dtype(name: str, x):
+  """Static shape and dtype of an array-like, without converting tracers."""
+  if isinstance(x, (jax.Array, np.ndarray, np.generic)) or hasattr(x, "shape") and hasattr(x, "dtype"):
+    return tuple(x.shape), np.dtype(x.dtype)
+  try:
+    array = np.asarray(x)
+  except Exception as error:  # pragma: no cover - message path only
+    raise TypeError(f"grid_sample(): {name} must be an array, got {type(x).__name__}") from error
+  return array.shape, array.dtype
+
+
+def _check_choice(name: str, value, choices) -> None:
+  if not isinstance(value, str) or value not in choices:
+    valid = ", ".join(repr(c) for c in choices)
+    raise ValueError(f"grid_sample(): expected {name} to be one of {valid}, but got: {value!r}")
+
+
+def check_grid_sample_args(input, grid, mode, padding_mode, align_corners, channels_last):
+  """Validates grid_sample's arguments; raises ValueError/TypeError before tracing."""
+  _check_choice("mode", mode, tuple(INTERPOLATION_FAMILIES))
+  _check_choice("padding_mode", padding_mode, PADDING_MODES)
+  if not isinstance(align_corners, (bool, np.bool_)):
+    raise TypeError(f"grid_sample(): expected align_corners to be a bool, but got {align_corners!r}")
+  input_shape, input_dtype = _shape_and_dtype("input", input)
+  grid_shape, grid_dtype = _shape_and_dtype("grid", grid)
+  layout = _AXES_LAST if channels_last else _AXES
+  for name, dtype in (("input", input_dtype), ("grid", grid_dtype)):
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(
+          f"grid_sample(): expected {name} to have a floating point dtype "
+          f"(float16, bfloat16, float32 or float64), but got {dtype}")
+  if len(input_shape) not in (4, 5):
+    raise ValueError(
+        f"grid_sample(): expected a 4-D input {layout[4]} or a 5-D input {layout[5]}, "
+        f"but got input of shape {input_shape}")
+  rank = len(input_shape)
+  if len(grid_shape) != rank:
+    raise ValueError(
+        f"grid_sample(): expected grid of shape {_GRID_AXES[rank]} for a {rank}-D input "
+        f"(input and grid with the same number of dimensions), but got input of shape "
+        f"{input_shape} and grid of shape {grid_shape}")
+  if grid_shape[-1] != rank - 2:
+    raise ValueError(
+        f"grid_sample(): expected grid of shape {_GRID_AXES[rank]} for a {rank}-D input "
+        f"(last dimension {rank - 2}), but got grid of shape {grid_shape}")
+  if input_shape[0] != grid_shape[0]:
+    raise ValueError(
+        f"grid_sample(): expected input and grid to have the same batch size, but got "
+        f"input of shape {input_shape} and grid of shape {grid_shape}")
+  spatial = input_shape[1:-1] if channels_last else input_shape[2:]
+  if any(size == 0 for size in spatial):
+    raise ValueError(
+        f"grid_sample(): expected input to have non-empty spatial dimensions, but got "
+        f"input of shape {input_shape}")
+
+
+def grid_sample(
+    input: ArrayLike,
+    grid: ArrayLike,
+    mode: InterpolationMode = "bilinear",
+    padding_mode: PaddingMode = "zeros",
+    align_corners: bool = False,
+    *,
+    channels_last: bool = False,
+) -> jax.Array:
+  """Samples ``input`` at the normalised locations in ``grid``, as PyTorch does.
+
+  The JAX twin of ``torch.nn.functional.grid_sample``, with the same
+  arguments and the same numbers, differentiable with respect to both
+  ``input`` and ``grid`` (to any order).
+
+  Shapes (channels first, the default):
+
+  * 4-D: input ``(N, C, H_in, W_in)``, grid ``(N, H_out, W_out, 2)``,
+    output ``(N, C, H_out, W_out)``;
+  * 5-D: input ``(N, C, D_in, H_in, W_in)``, grid
+    ``(N, D_out, H_out, W_out, 3)``, output ``(N, C, D_out, H_out, W_out)``.
+
+  With ``channels_last=True`` the input is ``(N, H_in, W_in, C)`` or
+  ``(N, D_in, H_in, W_in, C)`` and the output ``(N, H_out, W_out, C)`` or
+  ``(N, D_out, H_out, W_out, C)``: the layout Flax uses, with no transpose.
+
+  ``grid[..., 0]`` is x (along W), ``grid[..., 1]`` is y (along H) and
+  ``grid[..., 2]`` is z (along D); -1 and 1 are the image's extremes.
+
+  Args:
+    input: the image or volume to sample, float16, bfloat16, float32 or
+      float64.
+    grid: sampling locations, normalised to ``[-1, 1]``, floating point.
+    mode: "bilinear" (trilinear on 5-D input), "nearest" (round half to
+      even), or "bicubic" (cubic convolution with A = -0.75; tricubic on 5-D
+      input, which PyTorch does not offer).
+    padding_mode: what locations outside the input read: "zeros", "border"
+      (the nearest edge pixel) or "reflection" (mirrored at the edges).
+    align_corners: if True, -1 and 1 are the centres of the corner pixels;
+      if False, their outer edges (PyTorch's default since 1.3).
+    channels_last: if True, input and output keep channels on the last axis.
+
+  Returns:
+    The sampled values, with ``input``'s dtype.
+
+  Raises:
+    ValueError: unknown mode or padding_mode, wrong ranks or shapes.
+    TypeError: non-floating input or grid, non-bool align_corners.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxgridsample import grid_sample
+    >>> image = jnp.arange(1.0, 11.0).reshape(1, 1, 2, 5)
+    >>> grid = jnp.array([[[[0.0, 0.2], [-0.5, -1.0]]]])  # (1, 1, 2, 2)
+    >>> grid_sample(image, grid, align_corners=True)
+    Array([[[[6.  , 2. ]]]], dtype=float32)
+
+  Note:
+    Differences from PyTorch. ``align_corners`` defaults to False without a
+    warning. 5-D input accepts ``mode="bicubic"``. Input and grid may have
+    different float dtypes (the arithmetic runs in the wider one, at least
+    float32; the output has the input's dtype). NaN and infinite grid values
+    are handled by one rule on every path: under zeros padding they read 0;
+    under border and reflection padding NaN and -inf read the first pixel and
+    +inf the last; their gradient is 0. Forward-mode differentiation works.
+  """
+  check_grid_sample_args(input, grid, mode, padding_mode, align_corners, channels_last)
+  return _grid_sample(input, grid, mode, padding_mode, bool(align_corners), channels_last)
+
+
+def _grid_sample(input, grid, mode, padding_mode, align_corners, channels_last):
+  input = jnp.asarray(input)
+  grid = jnp.asarray(grid)
+  if channels_last:
+    return sample(input, grid, mode, padding_mode, align_corners)
+  values = jnp.moveaxis(input, 1, -1)
+  out = sample(values, grid, mode, padding_mode, align_corners)
+  return jnp.moveaxis(out, -1, 1)

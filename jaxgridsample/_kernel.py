@@ -1,0 +1,148 @@
+"""The sampling kernel for one sample, shared by every interpolation family.
+
+Every mode PyTorch offers is separable: the taps of a sample point are the
+Cartesian product of per-axis taps, and a tap's weight is the product of its
+per-axis weights. An interpolation family (``_linear``, ``_nearest``,
+``_cubic``) therefore only describes one axis (:class:`AxisTaps`); this module
+combines the axes and does the memory work:
+
+* forward: gather the taps and sum them with their weights;
+* backward, grad_input: scatter-add weight times incoming gradient to the taps
+  (ATen's ``grad_input`` loop);
+* backward, grad_grid: along each axis, the same sum with that axis's weight
+  replaced by its derivative (ATen's ``gx``/``gy``/``gz`` from neighbouring
+  value differences), contracted with the incoming gradient over channels;
+* forward-mode tangent: the forward applied to the input's tangent plus the
+  spatial derivative times the grid's tangent.
+
+Everything here works on one sample in channels-last layout: ``values`` of
+shape ``(*spatial_in, C)`` and grid points of shape ``(P, ndim)``. Gathering
+whole channel rows is what makes channels-last fast. Indices stay per axis
+(never flattened), so no index arithmetic can overflow on large inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax.numpy as jnp
+
+
+class AxisTaps(NamedTuple):
+  """The taps of every sample point along one spatial axis.
+
+  Attributes:
+    position: (P, T) tap positions after padding, integer-valued floats;
+      a position outside ``[0, size - 1]`` reads zero.
+    weight: (P, T) interpolation weights (forward).
+    slope: (P, T) derivatives of ``weight`` with respect to the grid value,
+      including the unnormalise scale and padding multiplier (backward), or
+      None when the weights do not depend on the grid (nearest).
+  """
+
+  position: jnp.ndarray
+  weight: jnp.ndarray
+  slope: jnp.ndarray | None
+
+
+AxisTapsFn = Callable[..., AxisTaps]
+
+
+class TapTable(NamedTuple):
+  """All taps of every sample point: the product of the per-axis taps.
+
+  Attributes:
+    index: one (P, K) int32 array per spatial axis, clamped into range.
+    weight: (P, K) weights, zero for taps outside the input.
+    slopes: per spatial axis, (P, K) derivative of the weight with respect
+      to that axis's grid value (zero outside the input), or None.
+    inside: (P, K) bool, True where the tap lies inside the input.
+  """
+
+  index: tuple[jnp.ndarray, ...]
+  weight: jnp.ndarray
+  slopes: tuple[jnp.ndarray, ...] | None
+  inside: jnp.ndarray
+
+
+def tap_table(axis_taps: AxisTapsFn, points, spatial_shape, padding_mode: str,
+              align_corners: bool) -> TapTable:
+  """Builds the taps of ``points`` (P, ndim) for an input of ``spatial_shape``.
+
+  Grid component 0 is x (the last spatial axis), 1 is y, 2 is z (the first).
+  """
+  ndim = len(spatial_shape)
+  num_points = points.shape[0]
+  per_axis = [
+      axis_taps(points[:, ndim - 1 - axis], size, padding_mode, align_corners, ndim)
+      for axis, size in enumerate(spatial_shape)
+  ]
+  taps_per_axis = per_axis[0].position.shape[-1]
+  full = (num_points,) + (taps_per_axis,) * ndim
+
+  def spread(array, axis):
+    # (P, T) -> (P, 1, .., T, .., 1) broadcast to (P, T, .., T): axis's taps
+    # vary along tap dimension ``axis``.
+    shape = [num_points] + [1] * ndim
+    shape[1 + axis] = taps_per_axis
+    return jnp.broadcast_to(array.reshape(shape), full).reshape(num_points, -1)
+
+  inside_axis = [(taps.position >= 0) & (taps.position <= size - 1)
+                 for taps, size in zip(per_axis, spatial_shape)]
+  index = tuple(
+      spread(jnp.where(ok, taps.position, 0).astype(jnp.int32), axis)
+      for axis, (taps, ok) in enumerate(zip(per_axis, inside_axis)))
+  inside = spread(inside_axis[0], 0)
+  for axis in range(1, ndim):
+    inside = inside & spread(inside_axis[axis], axis)
+  weights = [spread(taps.weight, axis) for axis, taps in enumerate(per_axis)]
+  zero = jnp.zeros((), weights[0].dtype)
+
+  def product(factors):
+    result = factors[0]
+    for factor in factors[1:]:
+      result = result * factor
+    return jnp.where(inside, result, zero)
+
+  weight = product(weights)
+  slopes = None
+  if per_axis[0].slope is not None:
+    slopes = tuple(
+        product(weights[:axis] + [spread(taps.slope, axis)] + weights[axis + 1:])
+        for axis, taps in enumerate(per_axis))
+  return TapTable(index, weight, slopes, inside)
+
+
+def gather_taps(values, table: TapTable):
+  """Reads every tap: (P, K, C), zero for taps outside the input."""
+  gathered = values.at[table.index].get(mode="promise_in_bounds")
+  return jnp.where(table.inside[..., None], gathered, jnp.zeros((), values.dtype))
+
+
+def interpolate(values, table: TapTable):
+  """Forward: (P, C) = sum over taps of weight times value."""
+  return jnp.einsum("pk,pkc->pc", table.weight, gather_taps(values, table))
+
+
+def spatial_gradient(values, table: TapTable):
+  """d output / d grid value per axis, (P, C, ndim) in grid component order."""
+  gathered = gather_taps(values, table)
+  per_axis = [jnp.einsum("pk,pkc->pc", slope, gathered) for slope in table.slopes]
+  return jnp.stack(per_axis[::-1], axis=-1)
+
+
+def grad_values(values, table: TapTable, grad_out):
+  """grad_input: scatter-add ``weight * grad_out`` to every tap inside the input."""
+  updates = table.weight[..., None] * grad_out[:, None, :]
+  return jnp.zeros_like(values).at[table.index].add(updates, mode="promise_in_bounds")
+
+
+def grad_points(values, table: TapTable, grad_out):
+  """grad_grid: (P, ndim), per axis ``sum_k slope_k * sum_c grad_out_c * value_kc``."""
+  if table.slopes is None:
+    return jnp.zeros((grad_out.shape[0], len(table.index)), values.dtype)
+  # Contract channels first: one (P, K) array instead of one (P, K, C) per axis.
+  response = jnp.einsum("pkc,pc->pk", gather_taps(values, table), grad_out)
+  per_axis = [jnp.sum(slope * response, axis=-1) for slope in table.slopes]
+  return jnp.stack(per_axis[::-1], axis=-1)

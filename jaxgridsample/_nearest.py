@@ -1,0 +1,38 @@
+"""Nearest-neighbour interpolation on 4-D and 5-D input.
+
+One tap per axis at ``nearbyint(p)``, which is round half to even
+(``jnp.round``; ``lax.round`` would round half away from zero). Its weight is
+1 and does not depend on the grid value, so the grid gradient is identically
+zero (``slope=None``) and grad_input scatters the incoming gradient to the
+chosen pixel (SPEC section 4).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ._coordinates import pad_coordinate, sanitize, unnormalize
+from ._kernel import AxisTaps
+
+
+def axis_taps(g, size: int, padding_mode: str, align_corners: bool, spatial_rank: int) -> AxisTaps:
+  """Taps of nearest-neighbour interpolation along one axis.
+
+  Args:
+    g: grid values for this axis, shape ``(P,)``.
+    size: input size along the axis.
+    padding_mode: "zeros", "border" or "reflection".
+    align_corners: PyTorch's corner convention.
+    spatial_rank: 2 or 3 (operation order of PyTorch's kernel for that rank).
+
+  Returns:
+    AxisTaps with arrays of shape ``(P, 1)`` and ``slope=None``.
+  """
+  p, _ = unnormalize(g, size, align_corners, spatial_rank)
+  p, _ = sanitize(p, size, padding_mode)
+  p, _ = pad_coordinate(p, size, padding_mode, align_corners, spatial_rank)
+  return AxisTaps(
+      position=jnp.round(p)[:, None],
+      weight=jnp.ones_like(p)[:, None],
+      slope=None,
+  )
