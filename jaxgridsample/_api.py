@@ -133,8 +133,8 @@ def grid_sample(
   Examples:
     >>> import jax.numpy as jnp
     >>> from jaxgridsample import grid_sample
-    >>> image = jnp.arange(1.0, 11.0).reshape(1, 1, 2, 5)
-    >>> grid = jnp.array([[[[0.0, 0.2], [-0.5, -1.0]]]])  # (1, 1, 2, 2)
+    >>> image = jnp.arange(1.0, 11.0, dtype=jnp.float32).reshape(1, 1, 2, 5)
+    >>> grid = jnp.array([[[[0.0, 0.2], [-0.5, -1.0]]]], dtype=jnp.float32)  # (1, 1, 2, 2)
     >>> grid_sample(image, grid, align_corners=True)
     Array([[[[6.  , 2. ]]]], dtype=float32)
 

@@ -16,6 +16,9 @@ order as the PyTorch kernel for the same rank (``spatial_rank`` below).
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 
 PADDING_MODES = ("zeros", "border", "reflection")
@@ -24,6 +27,54 @@ PADDING_MODES = ("zeros", "border", "reflection")
 # outside that every tap of every interpolation family (bicubic reaches
 # floor(p) - 1 .. floor(p) + 2) is out of bounds.
 _OUTSIDE = -16.0
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _rounded_product(x, factor: float):
+  """``x * factor`` (``factor >= 0``), rounded before any following addition.
+
+  XLA's CPU backend contracts a multiply that feeds an addition into one
+  fused multiply-add, which rounds once; PyTorch rounds the product first.
+  Near a pixel centre that one ulp decides ``floor`` and with it the grid
+  gradient, so the product passes through ``copysign`` (an identity here,
+  as the product has ``x``'s sign) which contraction cannot see through.
+  """
+  return jnp.copysign(x * jnp.asarray(factor, x.dtype), x)
+
+
+@_rounded_product.defjvp
+def _rounded_product_jvp(factor, primals, tangents):
+  (x,), (dx,) = primals, tangents
+  return _rounded_product(x, factor), dx * jnp.asarray(factor, dx.dtype)
+
+
+def _fused_unnormalize(a, size: int):
+  """``a * size / 2 - 0.5`` rounded once, as a fused multiply-add does.
+
+  PyTorch's vectorised 2-D kernel evaluates ``(g + 1) * (S / 2) - 0.5`` and
+  its compiler fuses the multiply and the subtraction (observed on torch
+  2.13's CPU build). JAX has no fma, so we split ``a`` into a high part with
+  its low ``k`` mantissa bits cleared and the (exact) remainder; with
+  ``k = bits(S) + 1`` both partial products and the grouping below are exact,
+  and the final addition is the only rounding (whether or not XLA contracts
+  any of it). Exact for S < 2048 in float32 and S < 2**26 in float64; beyond
+  that we fall back to two roundings.
+  """
+  dtype = a.dtype
+  precision = jnp.finfo(dtype).nmant + 1
+  half_size = jnp.asarray(size / 2, dtype)
+  half = jnp.asarray(0.5, dtype)
+  k = size.bit_length() + 1
+  if 2 * k > precision:
+    return _rounded_product(a, size / 2) - half
+  int_dtype = jnp.int32 if jnp.finfo(dtype).bits == 32 else jnp.int64
+  bits = jax.lax.bitcast_convert_type(a, int_dtype)
+  a_high = jax.lax.bitcast_convert_type(bits & jnp.asarray(~((1 << k) - 1), int_dtype), dtype)
+  a_low = jnp.where(jnp.isfinite(a), a - a_high, 0)
+  high, low = a_high * half_size, a_low * half_size
+  # Small |a|: high - 0.5 is exact. Large |a|: low - 0.5 is exact.
+  small = jnp.abs(a) < 2.0 ** (precision - k - 1)
+  return jnp.where(small, (high - half) + low, high + (low - half))
 
 
 def unnormalize(g, size: int, align_corners: bool, spatial_rank: int):
@@ -41,19 +92,19 @@ def unnormalize(g, size: int, align_corners: bool, spatial_rank: int):
     ``(p, scale)``: pixel coordinates of ``g``'s shape and the Python float
     ``dp/dg`` (``(S - 1) / 2`` or ``S / 2``).
   """
-  dtype = g.dtype
+  a = g + 1
   if align_corners:
     scale = (size - 1) / 2
     if spatial_rank == 2:
-      p = (g + 1) * jnp.asarray(scale, dtype)
+      p = _rounded_product(a, scale)
     else:
-      p = (g + 1) / 2 * jnp.asarray(size - 1, dtype)
+      p = _rounded_product(a / 2, size - 1)
   else:
     scale = size / 2
     if spatial_rank == 2:
-      p = (g + 1) * jnp.asarray(scale, dtype) - jnp.asarray(0.5, dtype)
+      p = _fused_unnormalize(a, size)
     else:
-      p = ((g + 1) * jnp.asarray(size, dtype) - 1) / 2
+      p = (_rounded_product(a, size) - 1) / 2
   return p, scale
 
 

@@ -64,7 +64,7 @@ def axis_taps(g, size: int, padding_mode: str, align_corners: bool, spatial_rank
   p, finite = sanitize(p, size, padding_mode)
   first = jnp.floor(p)
   t = p - first
-  taps = first[:, None] + jnp.arange(-1, 3, dtype=p.dtype)
+  taps = first[:, None] + jnp.arange(-1, 3, dtype=p.dtype)[None, :]
   scale = jnp.where(finite, jnp.asarray(scale, p.dtype), 0)
   return AxisTaps(
       position=pad_tap(taps, size, padding_mode, align_corners, spatial_rank),
