@@ -167,10 +167,23 @@ def pad_coordinate(p, size: int, padding_mode: str, align_corners: bool, spatial
   if padding_mode == "zeros":
     return p, jnp.ones_like(p)
   if padding_mode == "border":
-    return clip_with_multiplier(p, size)
-  reflected, reflect_mult = reflect_with_multiplier(p, size, align_corners, spatial_rank)
-  clipped, clip_mult = clip_with_multiplier(reflected, size)
-  return clipped, reflect_mult * clip_mult
+    padded, multiplier = clip_with_multiplier(p, size)
+  else:
+    reflected, reflect_mult = reflect_with_multiplier(p, size, align_corners, spatial_rank)
+    padded, clip_mult = clip_with_multiplier(reflected, size)
+    multiplier = reflect_mult * clip_mult
+  return _with_derivative(padded, p, multiplier), multiplier
+
+
+def _with_derivative(value, p, multiplier):
+  """``value``, whose derivative with respect to ``p`` is ``multiplier``.
+
+  Autodiff of ``clip`` would give 1/2 on the bounds (``max`` splits ties),
+  while ATen's multiplier is 0 there; second derivatives (which differentiate
+  the backward, and so the padded coordinate) must use ATen's convention too.
+  ``p - stop_gradient(p)`` is exactly 0 for the finite ``p`` we have here.
+  """
+  return jax.lax.stop_gradient(value) + (p - jax.lax.stop_gradient(p)) * multiplier
 
 
 def pad_tap(tap, size: int, padding_mode: str, align_corners: bool, spatial_rank: int):
