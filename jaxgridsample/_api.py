@@ -7,6 +7,7 @@ what was received, never an error from deep inside JAX.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import jax
@@ -48,8 +49,24 @@ def check_grid_sample_args(input, grid, mode, padding_mode, align_corners, chann
   _check_choice("padding_mode", padding_mode, PADDING_MODES)
   if not isinstance(align_corners, (bool, np.bool_)):
     raise TypeError(f"grid_sample(): expected align_corners to be a bool, but got {align_corners!r}")
-  input_shape, input_dtype = _shape_and_dtype("input", input)
-  grid_shape, grid_dtype = _shape_and_dtype("grid", grid)
+  if not isinstance(channels_last, (bool, np.bool_)):
+    raise TypeError(f"grid_sample(): expected channels_last to be a bool, but got {channels_last!r}")
+  described = []
+  for name, x in (("input", input), ("grid", grid)):
+    # Like jax.numpy, take arrays only: a nested list has no dtype to check, and its
+    # float type would depend on jax_enable_x64.
+    not_an_array = f"grid_sample(): expected {name} to be an array (jax.Array or numpy.ndarray), but got "
+    if isinstance(x, (list, tuple)):
+      raise TypeError(
+          f"{not_an_array}a Python {type(x).__name__}; convert it with jnp.asarray(..., dtype=...)")
+    try:
+      shape, dtype = _shape_and_dtype(name, x)
+    except TypeError as error:  # e.g. a foreign tensor whose dtype NumPy cannot read
+      raise TypeError(f"{not_an_array}{type(x).__module__}.{type(x).__name__}") from error
+    if dtype == np.dtype(object):  # None, or an arbitrary object
+      raise TypeError(f"{not_an_array}{type(x).__name__}")
+    described.append((shape, dtype))
+  (input_shape, input_dtype), (grid_shape, grid_dtype) = described
   layout = _AXES_LAST if channels_last else _AXES
   for name, dtype in (("input", input_dtype), ("grid", grid_dtype)):
     if not jnp.issubdtype(dtype, jnp.floating):
@@ -136,7 +153,7 @@ def grid_sample(
     >>> image = jnp.arange(1.0, 11.0, dtype=jnp.float32).reshape(1, 1, 2, 5)
     >>> grid = jnp.array([[[[0.0, 0.2], [-0.5, -1.0]]]], dtype=jnp.float32)  # (1, 1, 2, 2)
     >>> grid_sample(image, grid, align_corners=True)
-    Array([[[[6.  , 2. ]]]], dtype=float32)
+    Array([[[[6., 2.]]]], dtype=float32)
 
   Note:
     Differences from PyTorch. ``align_corners`` defaults to False without a
@@ -151,9 +168,10 @@ def grid_sample(
   return _grid_sample(input, grid, mode, padding_mode, bool(align_corners), channels_last)
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
 def _grid_sample(input, grid, mode, padding_mode, align_corners, channels_last):
-  input = jnp.asarray(input)
-  grid = jnp.asarray(grid)
+  # Compiled as one program even when called eagerly: op-by-op dispatch of
+  # the many small coordinate ops would be slower than compiling once.
   if channels_last:
     return sample(input, grid, mode, padding_mode, align_corners)
   values = jnp.moveaxis(input, 1, -1)

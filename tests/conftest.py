@@ -8,3 +8,8 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "slow: takes more than ~20 s or several GiB of memory (deselect with -m 'not slow')")
