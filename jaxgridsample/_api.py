@@ -15,11 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from ._autodiff import INTERPOLATION_FAMILIES, sample
+from ._autodiff import INTERPOLATION_FAMILIES, sample, sample_forward_mode
 from ._coordinates import PADDING_MODES
 
 InterpolationMode = Literal["bilinear", "nearest", "bicubic"]
 PaddingMode = Literal["zeros", "border", "reflection"]
+AutodiffRule = Literal["vjp", "jvp"]
+
+# How grid_sample is differentiated: see grid_sample's ``autodiff`` argument.
+_AUTODIFF_RULES = {"vjp": sample, "jvp": sample_forward_mode}
 
 _AXES = {4: "(N, C, H_in, W_in)", 5: "(N, C, D_in, H_in, W_in)"}
 _AXES_LAST = {4: "(N, H_in, W_in, C)", 5: "(N, D_in, H_in, W_in, C)"}
@@ -44,7 +48,12 @@ def _check_choice(name: str, value, choices) -> None:
 
 
 def check_grid_sample_args(input, grid, mode, padding_mode, align_corners, channels_last):
-  """Validates grid_sample's arguments; raises ValueError/TypeError before tracing."""
+  """Validates grid_sample's arguments; raises ValueError/TypeError before tracing.
+
+  Input and grid must be arrays (anything with ``shape`` and a NumPy-readable
+  ``dtype``, such as ``jax.Array``, ``np.ndarray`` or a tracer): Python lists
+  and tuples are refused, as ``jax.numpy`` refuses them.
+  """
   _check_choice("mode", mode, tuple(INTERPOLATION_FAMILIES))
   _check_choice("padding_mode", padding_mode, PADDING_MODES)
   if not isinstance(align_corners, (bool, np.bool_)):
@@ -106,6 +115,7 @@ def grid_sample(
     align_corners: bool = False,
     *,
     channels_last: bool = False,
+    autodiff: AutodiffRule = "vjp",
 ) -> jax.Array:
   """Samples ``input`` at the normalised locations in ``grid``, as PyTorch does.
 
@@ -139,6 +149,13 @@ def grid_sample(
     align_corners: if True, -1 and 1 are the centres of the corner pixels;
       if False, their outer edges (PyTorch's default since 1.3).
     channels_last: if True, input and output keep channels on the last axis.
+    autodiff: "vjp" (default) differentiates with the hand-written backward,
+      whose only residuals are ``input`` and ``grid``; reverse mode to any
+      order (grad, grad of grad), but no forward mode. "jvp" uses the same
+      formulas as a forward-mode rule: ``jax.jvp``, ``jax.jacfwd``,
+      ``jax.linearize`` and ``jax.hessian`` work, and reverse mode works by
+      transposition at the cost of keeping the output's spatial derivative
+      (``ndim`` times the output's size) between forward and backward.
 
   Returns:
     The sampled values, with ``input``'s dtype.
@@ -164,16 +181,18 @@ def grid_sample(
     under border and reflection padding NaN and -inf read the first pixel and
     +inf the last; their gradient is 0. Forward-mode differentiation works.
   """
+  _check_choice("autodiff", autodiff, tuple(_AUTODIFF_RULES))
   check_grid_sample_args(input, grid, mode, padding_mode, align_corners, channels_last)
-  return _grid_sample(input, grid, mode, padding_mode, bool(align_corners), channels_last)
+  return _grid_sample(input, grid, mode, padding_mode, bool(align_corners), bool(channels_last), autodiff)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
-def _grid_sample(input, grid, mode, padding_mode, align_corners, channels_last):
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
+def _grid_sample(input, grid, mode, padding_mode, align_corners, channels_last, autodiff):
   # Compiled as one program even when called eagerly: op-by-op dispatch of
   # the many small coordinate ops would be slower than compiling once.
+  sample_fn = _AUTODIFF_RULES[autodiff]
   if channels_last:
-    return sample(input, grid, mode, padding_mode, align_corners)
+    return sample_fn(input, grid, mode, padding_mode, align_corners)
   values = jnp.moveaxis(input, 1, -1)
-  out = sample(values, grid, mode, padding_mode, align_corners)
+  out = sample_fn(values, grid, mode, padding_mode, align_corners)
   return jnp.moveaxis(out, -1, 1)

@@ -138,10 +138,12 @@ def grad_values(values, table: TapTable, grad_out):
   return jnp.zeros_like(values).at[table.index].add(updates, mode="promise_in_bounds")
 
 
-def grad_points(values, table: TapTable, grad_out):
+def grad_points(values, table: TapTable, grad_out, points):
   """grad_grid: (P, ndim), per axis ``sum_k slope_k * sum_c grad_out_c * value_kc``."""
   if table.slopes is None:
-    return jnp.zeros((grad_out.shape[0], len(table.index)), values.dtype)
+    # Zero, but computed from the points rather than a constant, so that a
+    # batch-sharded grid gives a batch-sharded (not replicated) gradient.
+    return jnp.where(jnp.isfinite(points), points * 0, 0).astype(values.dtype)
   # Contract channels first: one (P, K) array instead of one (P, K, C) per axis.
   response = jnp.einsum("pkc,pc->pk", gather_taps(values, table), grad_out)
   per_axis = [jnp.sum(slope * response, axis=-1) for slope in table.slopes]
