@@ -190,9 +190,4 @@ def grid_sample(
 def _grid_sample(input, grid, mode, padding_mode, align_corners, channels_last, autodiff):
   # Compiled as one program even when called eagerly: op-by-op dispatch of
   # the many small coordinate ops would be slower than compiling once.
-  sample_fn = _AUTODIFF_RULES[autodiff]
-  if channels_last:
-    return sample_fn(input, grid, mode, padding_mode, align_corners)
-  values = jnp.moveaxis(input, 1, -1)
-  out = sample_fn(values, grid, mode, padding_mode, align_corners)
-  return jnp.moveaxis(out, -1, 1)
+  return _AUTODIFF_RULES[autodiff](input, grid, mode, padding_mode, align_corners, channels_last)

@@ -11,6 +11,10 @@ Two wrappers share that kernel:
   not apply forward mode to custom_vjp functions.
 * :func:`sample_forward_mode` is a ``jax.custom_jvp`` with the same formulas
   as a JVP rule: forward mode, Hessians, and reverse mode by transposition.
+
+Arrays are in the user's layout throughout: ``values`` is (N, C, *spatial_in)
+or, with ``channels_last``, (N, *spatial_in, C); the output and its
+cotangent likewise; the grid is (N, *spatial_out, ndim).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ INTERPOLATION_FAMILIES = {
     "nearest": _nearest.axis_taps,
     "bicubic": _cubic.axis_taps,
 }
+_TAPS_PER_AXIS = {"bilinear": 2, "nearest": 1, "bicubic": 4}
 
 
 def compute_dtype(*dtypes):
@@ -39,70 +44,106 @@ def compute_dtype(*dtypes):
   return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)
 
 
-def _batched(kernel_fn, mode, padding_mode, align_corners):
-  """Lifts ``kernel_fn(values, table, *value_args, *point_args)`` from one sample to a batch.
+def _flatten_points(grid):
+  """(N, *spatial_out, ndim) -> (N, P, ndim); explicit sizes, as N or P may be 0."""
+  return grid.reshape(grid.shape[0], math.prod(grid.shape[1:-1]), grid.shape[-1])
 
-  The returned function takes values (N, *spatial_in, C), grid
-  (N, *spatial_out, ndim), ``point_args`` batched like the grid's points
-  ((N, *spatial_out, ...)) and keyword ``value_args`` shaped like ``values``;
-  it returns ``kernel_fn``'s results with a leading batch axis and the output
-  points flattened to one axis P.
+
+def _flatten_output_like(x, num_points: int, channels_last: bool):
+  """(N, C, *spatial_out) -> (N, C, P), or (N, *spatial_out, C) -> (N, P, C)."""
+  if channels_last:
+    return x.reshape(x.shape[0], num_points, x.shape[-1])
+  return x.reshape(x.shape[0], x.shape[1], num_points)
+
+
+def _unflatten_output(x, grid_shape, channels_last: bool):
+  """Inverse of :func:`_flatten_output_like` for the grid's output shape."""
+  out_spatial = tuple(grid_shape[1:-1])
+  if channels_last:
+    return x.reshape((x.shape[0],) + out_spatial + (x.shape[-1],))
+  return x.reshape(x.shape[:2] + out_spatial)
+
+
+def _to_channels_last(x, channels_last: bool):
+  return x if channels_last else jnp.moveaxis(x, 1, -1)
+
+
+def _from_channels_last(x, channels_last: bool):
+  return x if channels_last else jnp.moveaxis(x, -1, 1)
+
+
+def _batched(kernel_fn, mode, padding_mode, align_corners, values_last=True):
+  """Lifts ``kernel_fn(values, table, *extra)`` from one sample to a batch.
+
+  The returned function takes values (channels-last (N, *spatial_in, C)
+  unless ``values_last`` is False), grid (N, *spatial_out, ndim) and extra
+  per-sample arrays already flattened to one point axis; it returns
+  ``kernel_fn``'s results with a leading batch axis.
   """
   axis_taps = INTERPOLATION_FAMILIES[mode]
 
-  def one_sample(values, points, value_args, point_args):
-    table = _kernel.tap_table(axis_taps, points, values.shape[:-1], padding_mode, align_corners)
-    return kernel_fn(values, table, *value_args, *point_args)
+  def one_sample(values, points, *extra):
+    spatial_shape = values.shape[:-1] if values_last else values.shape[1:]
+    table = _kernel.tap_table(axis_taps, points, spatial_shape, padding_mode, align_corners)
+    return kernel_fn(values, table, *extra)
 
-  def batched(values, grid, *point_args, value_args=()):
-    batch, ndim = grid.shape[0], grid.shape[-1]
-    num_points = math.prod(grid.shape[1:-1])
-    points = grid.reshape(batch, num_points, ndim)
-    point_args = tuple(a.reshape(batch, num_points, *a.shape[grid.ndim - 1:]) for a in point_args)
-    return jax.vmap(one_sample)(values, points, tuple(value_args), point_args)
+  def batched(values, grid, *extra):
+    return jax.vmap(one_sample)(values, _flatten_points(grid), *extra)
 
   return batched
 
 
-def _backward_kernel(values, table, grad_out, points):
-  return (_kernel.grad_values(values, table, grad_out),
-          _kernel.grad_points(values, table, grad_out, points))
-
-
-def _forward(values, grid, mode, padding_mode, align_corners):
+def _forward(values, grid, mode, padding_mode, align_corners, channels_last):
   dtype = compute_dtype(values.dtype, grid.dtype)
-  run = _batched(_kernel.interpolate, mode, padding_mode, align_corners)
-  out = run(values.astype(dtype), grid.astype(dtype))
-  return out.reshape(grid.shape[:-1] + values.shape[-1:]).astype(values.dtype)
+  values_c, grid_c = values.astype(dtype), grid.astype(dtype)
+  if _TAPS_PER_AXIS[mode] ** grid.shape[-1] <= _kernel.UNROLL_LIMIT:
+    # Few taps: gather tap by tap straight from the caller's layout.
+    kernel = functools.partial(_kernel.interpolate, channels_last=channels_last)
+    out = _batched(kernel, mode, padding_mode, align_corners, values_last=channels_last)(values_c, grid_c)
+    return _unflatten_output(out, grid.shape, channels_last).astype(values.dtype)
+  run = _batched(_kernel.interpolate_all_taps, mode, padding_mode, align_corners)
+  out = run(_to_channels_last(values_c, channels_last), grid_c)
+  out = _unflatten_output(out, grid.shape, channels_last=True)
+  return _from_channels_last(out, channels_last).astype(values.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def sample(values, grid, mode, padding_mode, align_corners):
-  """Samples channels-last ``values`` at ``grid``.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def sample(values, grid, mode, padding_mode, align_corners, channels_last):
+  """Samples ``values`` at ``grid``; the public grid_sample minus its checks.
 
   Args:
-    values: (N, *spatial_in, C) input, channels last.
+    values: (N, C, *spatial_in), or (N, *spatial_in, C) with channels_last.
     grid: (N, *spatial_out, ndim) normalised coordinates, x first.
     mode: a key of ``INTERPOLATION_FAMILIES``.
     padding_mode: "zeros", "border" or "reflection".
     align_corners: PyTorch's corner convention.
+    channels_last: the layout of ``values`` and of the result.
 
   Returns:
-    (N, *spatial_out, C) samples with ``values``' dtype.
+    (N, C, *spatial_out), or (N, *spatial_out, C), with ``values``' dtype.
   """
-  return _forward(values, grid, mode, padding_mode, align_corners)
+  return _forward(values, grid, mode, padding_mode, align_corners, channels_last)
 
 
-def _sample_fwd(values, grid, mode, padding_mode, align_corners):
-  return _forward(values, grid, mode, padding_mode, align_corners), (values, grid)
+def _sample_fwd(values, grid, mode, padding_mode, align_corners, channels_last):
+  return _forward(values, grid, mode, padding_mode, align_corners, channels_last), (values, grid)
 
 
-def _sample_bwd(mode, padding_mode, align_corners, residuals, grad_out):
+def _backward_kernel(values, table, grad_out, points):
+  return _kernel.grad_values(values, table, grad_out), _kernel.grad_points(values, table, grad_out, points)
+
+
+def _sample_bwd(mode, padding_mode, align_corners, channels_last, residuals, grad_out):
   values, grid = residuals
   dtype = compute_dtype(values.dtype, grid.dtype)
+  points = _flatten_points(grid.astype(dtype))
+  # The backward runs channels-last: gathers and scatter-adds of whole rows.
+  grad_out = _to_channels_last(grad_out.astype(dtype), channels_last)
+  grad_out = _flatten_output_like(grad_out, points.shape[1], channels_last=True)
   run = _batched(_backward_kernel, mode, padding_mode, align_corners)
-  grid_c = grid.astype(dtype)
-  grad_values, grad_points = run(values.astype(dtype), grid_c, grad_out.astype(dtype), grid_c)
+  grad_values, grad_points = run(_to_channels_last(values.astype(dtype), channels_last), grid.astype(dtype),
+                                 grad_out, points)
+  grad_values = _from_channels_last(grad_values, channels_last)
   return grad_values.astype(values.dtype), grad_points.reshape(grid.shape).astype(grid.dtype)
 
 
@@ -110,32 +151,39 @@ sample.defvjp(_sample_fwd, _sample_bwd)
 
 
 def _tangent_kernel(values, table, tangent_values, tangent_points):
-  out = _kernel.interpolate(values, table)
-  tangent_out = _kernel.interpolate(tangent_values, table)
+  out = _kernel.interpolate_all_taps(values, table)
+  tangent_out = _kernel.interpolate_all_taps(tangent_values, table)
   if table.slopes is not None:
-    tangent_out = tangent_out + jnp.einsum("pcd,pd->pc", _kernel.spatial_gradient(values, table), tangent_points)
+    slopes = _kernel.spatial_gradient(values, table)  # (ndim, P, C)
+    for axis in range(slopes.shape[0]):
+      tangent_out = tangent_out + slopes[axis] * tangent_points[:, axis, None]
   return out, tangent_out
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def sample_forward_mode(values, grid, mode, padding_mode, align_corners):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
+def sample_forward_mode(values, grid, mode, padding_mode, align_corners, channels_last):
   """Same as :func:`sample`, differentiated by a JVP rule instead of a VJP.
 
   Supports forward mode (jax.jvp, jacfwd, hessian) and reverse mode (JAX
-  transposes the rule). Reverse mode keeps the spatial derivative,
-  (N, *spatial_out, C, ndim), as a residual, where :func:`sample` keeps only
+  transposes the rule). Reverse mode keeps the spatial derivative (ndim
+  times the output's size) as a residual, where :func:`sample` keeps only
   the input and the grid.
   """
-  return _forward(values, grid, mode, padding_mode, align_corners)
+  return _forward(values, grid, mode, padding_mode, align_corners, channels_last)
 
 
 @sample_forward_mode.defjvp
-def _sample_forward_mode_jvp(mode, padding_mode, align_corners, primals, tangents):
+def _sample_forward_mode_jvp(mode, padding_mode, align_corners, channels_last, primals, tangents):
   values, grid = primals
   tangent_values, tangent_grid = tangents
   dtype = compute_dtype(values.dtype, grid.dtype)
   run = _batched(_tangent_kernel, mode, padding_mode, align_corners)
-  out, tangent_out = run(values.astype(dtype), grid.astype(dtype), tangent_grid.astype(dtype),
-                         value_args=(tangent_values.astype(dtype),))
-  shape = grid.shape[:-1] + values.shape[-1:]
-  return out.reshape(shape).astype(values.dtype), tangent_out.reshape(shape).astype(values.dtype)
+  out, tangent_out = run(_to_channels_last(values.astype(dtype), channels_last), grid.astype(dtype),
+                         _to_channels_last(tangent_values.astype(dtype), channels_last),
+                         _flatten_points(tangent_grid.astype(dtype)))
+
+  def finish(x):
+    x = _from_channels_last(_unflatten_output(x, grid.shape, channels_last=True), channels_last)
+    return x.astype(values.dtype)
+
+  return finish(out), finish(tangent_out)

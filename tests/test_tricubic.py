@@ -109,10 +109,10 @@ def test_hand_written_backward_equals_plain_autodiff(padding, align_corners):
   cotangent = jnp.asarray(rng.standard_normal((2, 3, 2, 4, 2)))
 
   def plain(v, g):
-    return _autodiff._forward(v, g, "bicubic", padding, align_corners)
+    return _autodiff._forward(v, g, "bicubic", padding, align_corners, True)
 
   def custom(v, g):
-    return _autodiff.sample(v, g, "bicubic", padding, align_corners)
+    return _autodiff.sample(v, g, "bicubic", padding, align_corners, True)
 
   _, plain_vjp = jax.vjp(plain, values, grid)
   _, custom_vjp = jax.vjp(custom, values, grid)
