@@ -27,8 +27,7 @@ import skimage.data
 import skimage.transform
 from tqdm import tqdm
 
-from jaxgridsample import affine_grid, grid_sample
-from jaxgridsample import flow_to_grid, identity_grid
+from jaxgridsample import affine_grid, flow_to_grid, grid_sample, identity_grid
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -61,8 +61,7 @@ import skimage.data
 import skimage.transform
 from tqdm import tqdm
 
-from jaxgridsample import grid_sample
-from jaxgridsample import flow_to_grid, identity_grid, warp
+from jaxgridsample import flow_to_grid, grid_sample, identity_grid, warp
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

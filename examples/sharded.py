@@ -39,8 +39,11 @@ import skimage.transform  # noqa: E402
 from jax.sharding import Mesh, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from jaxgridsample import affine_grid, grid_sample  # noqa: E402
-from jaxgridsample import warp  # noqa: E402
+from jaxgridsample import (  # noqa: E402
+  affine_grid,
+  grid_sample,
+  warp,  # noqa: E402
+)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import pathlib
 
-import numpy as np
-
 import cases
+import numpy as np
 from torch_oracle import torch, torch_grid_sample
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "grid_sample.npz"

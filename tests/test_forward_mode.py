@@ -7,12 +7,12 @@ values and the same first and second derivatives (float64).
 
 from __future__ import annotations
 
+import cases
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import cases
 from jaxgridsample import grid_sample
 
 COMBINATIONS = [(n, m, p, a) for n in (2, 3) for m in cases.MODES for p in cases.PADDINGS for a in (True, False)]

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import pathlib
 
+import cases
 import numpy as np
 import pytest
-
-import cases
 from jax_side import jax_grid_sample
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "grid_sample.npz"

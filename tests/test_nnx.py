@@ -14,8 +14,11 @@ import pytest
 nnx = pytest.importorskip("flax.nnx")
 optax = pytest.importorskip("optax")
 
-from jaxgridsample import affine_grid, grid_sample  # noqa: E402
-from jaxgridsample import warp  # noqa: E402
+from jaxgridsample import (  # noqa: E402
+  affine_grid,
+  grid_sample,
+  warp,  # noqa: E402
+)
 from jaxgridsample.nnx import SpatialTransformer, Warp  # noqa: E402
 
 

@@ -8,10 +8,9 @@ and, in float64, the double backward.
 
 from __future__ import annotations
 
+import cases
 import numpy as np
 import pytest
-
-import cases
 from jax_side import jax_grid_sample
 
 torch_oracle = pytest.importorskip("torch_oracle")

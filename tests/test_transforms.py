@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import cases
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import cases
 from jaxgridsample import grid_sample
 
 

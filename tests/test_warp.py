@@ -13,9 +13,8 @@ import pytest
 from jax.test_util import check_grads
 from scipy import ndimage
 
-from jaxgridsample import grid_sample
+from jaxgridsample import flow_to_grid, grid_sample, grid_to_flow, identity_grid, warp
 from jaxgridsample._affine import affine_grid
-from jaxgridsample import flow_to_grid, grid_to_flow, identity_grid, warp
 
 MODES = ("bilinear", "nearest", "bicubic")
 PADDINGS = ("zeros", "border", "reflection")
