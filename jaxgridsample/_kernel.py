@@ -170,7 +170,9 @@ def interpolate(values, table: TapTable, channels_last: bool):
 
 def interpolate_all_taps(values, table: TapTable):
   """Forward, all taps in one gather: (P, C)."""
-  return jnp.sum(table.weight[..., None] * _read_all_taps(values, table), axis=1)
+  # As a contraction (XLA emits a batched dot): measured 2x faster for the 16
+  # bicubic taps than a multiply followed by a reduction.
+  return jnp.einsum("pk,pkc->pc", table.weight, _read_all_taps(values, table))
 
 
 def spatial_gradient(values, table: TapTable):
