@@ -15,10 +15,10 @@ combines the axes and does the memory work:
 * forward-mode tangent: the forward applied to the input's tangent plus the
   spatial derivative times the grid's tangent.
 
-Everything here works on one sample in channels-last layout: ``values`` of
-shape ``(*spatial_in, C)`` and grid points of shape ``(P, ndim)``. Gathering
-whole channel rows is what makes channels-last fast. Indices stay per axis
-(never flattened), so no index arithmetic can overflow on large inputs.
+Everything here works on one sample: grid points of shape ``(P, ndim)`` and
+``values`` of shape ``(*spatial_in, C)`` (channels-last; :func:`interpolate`
+also takes ``(C, *spatial_in)``). Indices stay per axis (never flattened), so
+no index arithmetic can overflow on large inputs.
 """
 
 from __future__ import annotations
