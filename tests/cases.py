@@ -78,3 +78,14 @@ def assert_close(actual, expected, dtype, what=""):
   scale = max(1.0, float(np.max(np.abs(expected))))
   error = float(np.max(np.abs(actual - expected))) / scale
   assert error <= tolerance(dtype), f"{what}: relative error {error:.3g} > {tolerance(dtype):.1g}"
+
+
+def load_golden(path):
+  """Reads a golden .npz whose keys are ``"<case>/<field>"``: one dict of arrays per case, in order."""
+  with np.load(path) as data:
+    grouped = {}
+    for key in data.files:
+      if "/" in key:
+        prefix, name = key.split("/")
+        grouped.setdefault(prefix, {})[name] = data[key]
+  return [grouped[k] for k in sorted(grouped)]

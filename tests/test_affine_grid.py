@@ -11,13 +11,13 @@ import itertools
 import pathlib
 import re
 
+import cases
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgridsample import grid_sample
-from jaxgridsample._affine import affine_grid
+from jaxgridsample import affine_grid, grid_sample
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "affine_grid.npz"
 # Relative tolerances for theta gradients (and live forward values), scaled by the largest entry.
@@ -80,17 +80,7 @@ def test_identity_gives_the_base_coordinates(length, align_corners):
 # --- Parity with PyTorch: committed golden values ----------------------------------------------------------
 
 
-def _load_golden():
-  with np.load(GOLDEN) as data:
-    grouped = {}
-    for key in data.files:
-      if "/" in key:
-        prefix, name = key.split("/")
-        grouped.setdefault(prefix, {})[name] = data[key]
-  return [grouped[k] for k in sorted(grouped)]
-
-
-GOLDEN_CASES = _load_golden()
+GOLDEN_CASES = cases.load_golden(GOLDEN)
 
 
 def _golden_id(case):

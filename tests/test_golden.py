@@ -19,17 +19,7 @@ GOLDEN = pathlib.Path(__file__).parent / "golden" / "grid_sample.npz"
 FIELDS = ("out", "grad_input", "grad_grid", "dd_input", "dd_grid", "dd_grad_out")
 
 
-def _load():
-  with np.load(GOLDEN) as data:
-    grouped = {}
-    for key in data.files:
-      if "/" in key:
-        prefix, name = key.split("/")
-        grouped.setdefault(prefix, {})[name] = data[key]
-  return [grouped[k] for k in sorted(grouped)]
-
-
-GOLDEN_CASES = _load()
+GOLDEN_CASES = cases.load_golden(GOLDEN)
 
 
 def _case_id(case):
