@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from ._api import static_shape_and_dtype
+
 _SIZE_AXES = {4: "(N, C, H, W)", 5: "(N, C, D, H, W)"}
 _THETA_SHAPES = {4: "(N, 2, 3)", 5: "(N, 3, 4)"}
 
@@ -84,17 +86,6 @@ def _rounded_product_jvp(primals, tangents):
   return _rounded_product(base, t), base * t_dot + base_dot * t
 
 
-def _shape_and_dtype(x):
-  """Static shape and dtype of an array-like, without converting tracers."""
-  if hasattr(x, "shape") and hasattr(x, "dtype"):
-    return tuple(x.shape), np.dtype(x.dtype)
-  try:
-    array = np.asarray(x)
-  except Exception as error:  # pragma: no cover - message path only
-    raise TypeError(f"affine_grid(): theta must be an array, got {type(x).__name__}") from error
-  return array.shape, array.dtype
-
-
 def _static_size(size) -> tuple[int, ...]:
   """``size`` as a tuple of Python ints; raises TypeError if it is not one."""
   try:
@@ -114,7 +105,7 @@ def check_affine_grid_args(theta, size, align_corners) -> tuple[int, ...]:
   """Validates affine_grid's arguments before tracing; returns size as ints."""
   if not isinstance(align_corners, (bool, np.bool_)):
     raise TypeError(f"affine_grid(): expected align_corners to be a bool, but got {align_corners!r}")
-  theta_shape, theta_dtype = _shape_and_dtype(theta)
+  theta_shape, theta_dtype = static_shape_and_dtype("affine_grid", "theta", theta)
   if not jnp.issubdtype(theta_dtype, jnp.floating):
     raise TypeError(
         f"affine_grid(): expected theta to have a floating point dtype "

@@ -30,14 +30,14 @@ _AXES_LAST = {4: "(N, H_in, W_in, C)", 5: "(N, D_in, H_in, W_in, C)"}
 _GRID_AXES = {4: "(N, H_out, W_out, 2)", 5: "(N, D_out, H_out, W_out, 3)"}
 
 
-def _shape_and_dtype(name: str, x):
-  """Static shape and dtype of an array-like, without converting tracers."""
+def static_shape_and_dtype(caller: str, name: str, x):
+  """Static shape and dtype of an array-like, without converting tracers (shared with affine_grid)."""
   if isinstance(x, (jax.Array, np.ndarray, np.generic)) or hasattr(x, "shape") and hasattr(x, "dtype"):
     return tuple(x.shape), np.dtype(x.dtype)
   try:
     array = np.asarray(x)
   except Exception as error:  # pragma: no cover - message path only
-    raise TypeError(f"grid_sample(): {name} must be an array, got {type(x).__name__}") from error
+    raise TypeError(f"{caller}(): {name} must be an array, got {type(x).__name__}") from error
   return array.shape, array.dtype
 
 
@@ -69,7 +69,7 @@ def check_grid_sample_args(input, grid, mode, padding_mode, align_corners, chann
       raise TypeError(
           f"{not_an_array}a Python {type(x).__name__}; convert it with jnp.asarray(..., dtype=...)")
     try:
-      shape, dtype = _shape_and_dtype(name, x)
+      shape, dtype = static_shape_and_dtype("grid_sample", name, x)
     except TypeError as error:  # e.g. a foreign tensor whose dtype NumPy cannot read
       raise TypeError(f"{not_an_array}{type(x).__module__}.{type(x).__name__}") from error
     if dtype == np.dtype(object):  # None, or an arbitrary object
