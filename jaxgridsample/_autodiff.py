@@ -73,7 +73,7 @@ def _from_channels_last(x, channels_last: bool):
 
 
 def _batched(kernel_fn, mode, padding_mode, align_corners, values_last=True):
-  """Lifts ``kernel_fn(values, table, *extra)`` from one sample to a batch.
+  """Lifts ``kernel_fn(values, taps, *extra)`` from one sample to a batch.
 
   The returned function takes values (channels-last (N, *spatial_in, C)
   unless ``values_last`` is False), grid (N, *spatial_out, ndim) and extra
@@ -84,8 +84,8 @@ def _batched(kernel_fn, mode, padding_mode, align_corners, values_last=True):
 
   def one_sample(values, points, *extra):
     spatial_shape = values.shape[:-1] if values_last else values.shape[1:]
-    table = _kernel.tap_table(axis_taps, points, spatial_shape, padding_mode, align_corners)
-    return kernel_fn(values, table, *extra)
+    taps = _kernel.point_taps(axis_taps, points, spatial_shape, padding_mode, align_corners)
+    return kernel_fn(values, taps, *extra)
 
   def batched(values, grid, *extra):
     return jax.vmap(one_sample)(values, _flatten_points(grid), *extra)
@@ -129,8 +129,8 @@ def _sample_fwd(values, grid, mode, padding_mode, align_corners, channels_last):
   return _forward(values, grid, mode, padding_mode, align_corners, channels_last), (values, grid)
 
 
-def _backward_kernel(values, table, grad_out, points):
-  return _kernel.grad_values(values, table, grad_out), _kernel.grad_points(values, table, grad_out, points)
+def _backward_kernel(values, taps, grad_out, points):
+  return _kernel.grad_values(values, taps, grad_out), _kernel.grad_points(values, taps, grad_out, points)
 
 
 def _sample_bwd(mode, padding_mode, align_corners, channels_last, residuals, grad_out):
@@ -150,11 +150,11 @@ def _sample_bwd(mode, padding_mode, align_corners, channels_last, residuals, gra
 sample.defvjp(_sample_fwd, _sample_bwd)
 
 
-def _tangent_kernel(values, table, tangent_values, tangent_points):
-  out = _kernel.interpolate_all_taps(values, table)
-  tangent_out = _kernel.interpolate_all_taps(tangent_values, table)
-  if table.slopes is not None:
-    slopes = _kernel.spatial_gradient(values, table)  # (ndim, P, C)
+def _tangent_kernel(values, taps, tangent_values, tangent_points):
+  out = _kernel.interpolate_all_taps(values, taps)
+  tangent_out = _kernel.interpolate_all_taps(tangent_values, taps)
+  if taps.axes[0].slope is not None:
+    slopes = _kernel.spatial_gradient(values, taps)  # (ndim, P, C)
     for axis in range(slopes.shape[0]):
       tangent_out = tangent_out + slopes[axis] * tangent_points[:, axis, None]
   return out, tangent_out

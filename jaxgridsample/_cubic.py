@@ -38,13 +38,13 @@ def _far_slope(x):
 
 
 def cubic_coefficients(t):
-  """The four weights for taps at distances ``1 + t, t, 1 - t, 2 - t``; shape ``t.shape + (4,)``."""
-  return jnp.stack([_far(1 + t), _near(t), _near(1 - t), _far(2 - t)], axis=-1)
+  """The four weights for taps at distances ``1 + t, t, 1 - t, 2 - t``; shape ``(4,) + t.shape``."""
+  return jnp.stack([_far(1 + t), _near(t), _near(1 - t), _far(2 - t)])
 
 
 def cubic_coefficient_slopes(t):
   """Derivatives of :func:`cubic_coefficients` with respect to ``t``."""
-  return jnp.stack([_far_slope(1 + t), _near_slope(t), -_near_slope(1 - t), -_far_slope(2 - t)], axis=-1)
+  return jnp.stack([_far_slope(1 + t), _near_slope(t), -_near_slope(1 - t), -_far_slope(2 - t)])
 
 
 def axis_taps(g, size: int, padding_mode: str, align_corners: bool, spatial_rank: int) -> AxisTaps:
@@ -58,16 +58,16 @@ def axis_taps(g, size: int, padding_mode: str, align_corners: bool, spatial_rank
     spatial_rank: 2 or 3 (operation order of PyTorch's kernel for that rank).
 
   Returns:
-    AxisTaps with arrays of shape ``(P, 4)``.
+    AxisTaps with arrays of shape ``(4, P)``.
   """
   p, scale = unnormalize(g, size, align_corners, spatial_rank)
   p, finite = sanitize(p, size, padding_mode)
   first = jnp.floor(p)
   t = p - first
-  taps = first[:, None] + jnp.arange(-1, 3, dtype=p.dtype)[None, :]
+  taps = first[None, :] + jnp.arange(-1, 3, dtype=p.dtype)[:, None]
   scale = jnp.where(finite, jnp.asarray(scale, p.dtype), 0)
   return AxisTaps(
       position=pad_tap(taps, size, padding_mode, align_corners, spatial_rank),
       weight=cubic_coefficients(t),
-      slope=cubic_coefficient_slopes(t) * scale[:, None],
+      slope=cubic_coefficient_slopes(t) * scale[None, :],
   )

@@ -23,6 +23,7 @@ no index arithmetic can overflow on large inputs.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -33,11 +34,16 @@ from jax import lax
 class AxisTaps(NamedTuple):
   """The taps of every sample point along one spatial axis.
 
+  Arrays are tap-major, (T, P): XLA's CPU backend vectorises elementwise work
+  along the long, contiguous point axis, while a short trailing tap axis
+  (P, T) turns the coordinate arithmetic into scalar code (measured 2-4x
+  slower for the whole forward).
+
   Attributes:
-    position: (P, T) tap positions after padding, integer-valued floats;
+    position: (T, P) tap positions after padding, integer-valued floats;
       a position outside ``[0, size - 1]`` reads zero.
-    weight: (P, T) interpolation weights (forward).
-    slope: (P, T) derivatives of ``weight`` with respect to the grid value,
+    weight: (T, P) interpolation weights (forward).
+    slope: (T, P) derivatives of ``weight`` with respect to the grid value,
       including the unnormalise scale and padding multiplier (backward), or
       None when the weights do not depend on the grid (nearest).
   """
@@ -53,12 +59,14 @@ AxisTapsFn = Callable[..., AxisTaps]
 class TapTable(NamedTuple):
   """All taps of every sample point: the product of the per-axis taps.
 
+  Arrays are tap-major, (K, P), with ``K = T ** ndim``.
+
   Attributes:
-    index: one (P, K) int32 array per spatial axis, clamped into range.
-    weight: (P, K) weights, zero for taps outside the input.
-    slopes: per spatial axis, (P, K) derivative of the weight with respect
+    index: one (K, P) int32 array per spatial axis, clamped into range.
+    weight: (K, P) weights, zero for taps outside the input.
+    slopes: per spatial axis, (K, P) derivative of the weight with respect
       to that axis's grid value (zero outside the input), or None.
-    inside: (P, K) bool, True where the tap lies inside the input.
+    inside: (K, P) bool, True where the tap lies inside the input.
   """
 
   index: tuple[jnp.ndarray, ...]
@@ -67,64 +75,117 @@ class TapTable(NamedTuple):
   inside: jnp.ndarray
 
 
-def tap_table(axis_taps: AxisTapsFn, points, spatial_shape, padding_mode: str,
-              align_corners: bool) -> TapTable:
-  """Builds the taps of ``points`` (P, ndim) for an input of ``spatial_shape``.
+class PointTaps(NamedTuple):
+  """The per-axis taps of every sample point, what the kernel functions take.
+
+  Attributes:
+    axes: one :class:`AxisTaps` per spatial axis, first spatial axis first.
+    sizes: the input's spatial shape.
+  """
+
+  axes: tuple[AxisTaps, ...]
+  sizes: tuple[int, ...]
+
+
+def point_taps(axis_taps: AxisTapsFn, points, spatial_shape, padding_mode: str,
+               align_corners: bool) -> PointTaps:
+  """Computes the per-axis taps of ``points`` (P, ndim) for an input of ``spatial_shape``.
 
   Grid component 0 is x (the last spatial axis), 1 is y, 2 is z (the first).
   """
   ndim = len(spatial_shape)
-  num_points = points.shape[0]
-  per_axis = [
+  axes = tuple(
       axis_taps(points[:, ndim - 1 - axis], size, padding_mode, align_corners, ndim)
-      for axis, size in enumerate(spatial_shape)
-  ]
-  taps_per_axis = per_axis[0].position.shape[-1]
-  full = (num_points,) + (taps_per_axis,) * ndim
+      for axis, size in enumerate(spatial_shape))
+  return PointTaps(axes, tuple(spatial_shape))
+
+
+def _inside(position, size: int):
+  return (position >= 0) & (position <= size - 1)
+
+
+def _clamped_index(position, inside):
+  return jnp.where(inside, position, 0).astype(jnp.int32)
+
+
+def _masked_product(factors, inside):
+  result = factors[0]
+  for factor in factors[1:]:
+    result = result * factor
+  return jnp.where(inside, result, jnp.zeros((), result.dtype))
+
+
+class Tap(NamedTuple):
+  """One tap of every sample point, for the unrolled forward.
+
+  Attributes:
+    index: per spatial axis, (P,) int32 pixel index, clamped into range.
+    weight: (P,) weight, zero where the tap lies outside the input.
+    inside: (P,) bool, True where the tap lies inside the input.
+  """
+
+  index: tuple[jnp.ndarray, ...]
+  weight: jnp.ndarray
+  inside: jnp.ndarray
+
+
+def each_tap(taps: PointTaps) -> list[Tap]:
+  """The taps one by one, in :class:`TapTable` order (first axis slowest).
+
+  Each tap is built from per-axis rows, which XLA fuses into the tap's gather
+  more cheaply than rows sliced out of a :class:`TapTable`.
+  """
+  result = []
+  for combo in itertools.product(*(range(axis.position.shape[0]) for axis in taps.axes)):
+    positions = [axis.position[k] for axis, k in zip(taps.axes, combo)]
+    inside_axis = [_inside(position, size) for position, size in zip(positions, taps.sizes)]
+    inside = inside_axis[0]
+    for ok in inside_axis[1:]:
+      inside = inside & ok
+    weight = _masked_product([axis.weight[k] for axis, k in zip(taps.axes, combo)], inside)
+    result.append(Tap(tuple(_clamped_index(p, ok) for p, ok in zip(positions, inside_axis)), weight, inside))
+  return result
+
+
+def tap_table(taps: PointTaps) -> TapTable:
+  """All taps stacked tap-major, for the functions that read every tap at once."""
+  ndim = len(taps.sizes)
+  taps_per_axis, num_points = taps.axes[0].position.shape
+  full = (taps_per_axis,) * ndim + (num_points,)
 
   def spread(array, axis):
-    # (P, T) -> (P, 1, .., T, .., 1) broadcast to (P, T, .., T): axis's taps
-    # vary along tap dimension ``axis``.
-    shape = [num_points] + [1] * ndim
-    shape[1 + axis] = taps_per_axis
-    return jnp.broadcast_to(array.reshape(shape), full).reshape(num_points, taps_per_axis**ndim)
+    # (T, P) -> (1, .., T, .., 1, P) broadcast to (T, .., T, P) -> (K, P):
+    # axis's taps vary along tap dimension ``axis``.
+    shape = [1] * ndim + [num_points]
+    shape[axis] = taps_per_axis
+    return jnp.broadcast_to(array.reshape(shape), full).reshape(taps_per_axis**ndim, num_points)
 
-  inside_axis = [(taps.position >= 0) & (taps.position <= size - 1)
-                 for taps, size in zip(per_axis, spatial_shape)]
-  index = tuple(
-      spread(jnp.where(ok, taps.position, 0).astype(jnp.int32), axis)
-      for axis, (taps, ok) in enumerate(zip(per_axis, inside_axis)))
+  inside_axis = [_inside(axis.position, size) for axis, size in zip(taps.axes, taps.sizes)]
+  index = tuple(spread(_clamped_index(axis.position, ok), a)
+                for a, (axis, ok) in enumerate(zip(taps.axes, inside_axis)))
   inside = spread(inside_axis[0], 0)
-  for axis in range(1, ndim):
-    inside = inside & spread(inside_axis[axis], axis)
-  weights = [spread(taps.weight, axis) for axis, taps in enumerate(per_axis)]
-  zero = jnp.zeros((), weights[0].dtype)
-
-  def product(factors):
-    result = factors[0]
-    for factor in factors[1:]:
-      result = result * factor
-    return jnp.where(inside, result, zero)
-
-  weight = product(weights)
+  for a in range(1, ndim):
+    inside = inside & spread(inside_axis[a], a)
+  weights = [spread(axis.weight, a) for a, axis in enumerate(taps.axes)]
   slopes = None
-  if per_axis[0].slope is not None:
+  if taps.axes[0].slope is not None:
     slopes = tuple(
-        product(weights[:axis] + [spread(taps.slope, axis)] + weights[axis + 1:])
-        for axis, taps in enumerate(per_axis))
-  return TapTable(index, weight, slopes, inside)
+        _masked_product(weights[:a] + [spread(axis.slope, a)] + weights[a + 1:], inside)
+        for a, axis in enumerate(taps.axes))
+  return TapTable(index, _masked_product(weights, inside), slopes, inside)
 
 
 # Two ways to read taps, each where XLA's CPU backend does it fastest:
 #
-# * the forward of linear and nearest (at most 8 taps) unrolls one gather per
-#   tap in the caller's layout, which XLA fuses with the weighted sum: several
-#   times faster than gathering all taps into a (P, K, C) temporary;
+# * the forward of up to 16 taps (linear, nearest, bicubic) unrolls one
+#   gather per tap in the caller's layout, which XLA fuses with the weighted
+#   sum: several times faster than gathering all taps into a (K, P, C)
+#   temporary;
 # * everything else gathers all taps at once from a channels-last view, rows
 #   of C contiguous values, and scatter-adds into a channels-last accumulator
-#   (unrolling 16 or 64 cubic taps, or the backward's scatters, was slower and
+#   (unrolling 64 tricubic taps, or the backward's scatters, was slower and
 #   multiplied compile time).
-UNROLL_LIMIT = 8
+UNROLL_LIMIT = 16
 
 
 def per_point(x, channels_last: bool):
@@ -138,29 +199,29 @@ def _mask(read, inside):
   return jnp.where(inside, read, jnp.zeros((), read.dtype))
 
 
-def _read_tap(values, table: TapTable, k: int, channels_last: bool):
-  """Values of tap ``k`` at every point, (P, C) or (C, P); zero outside the input."""
-  ndim = len(table.index)
+def _read_tap(values, tap: Tap, channels_last: bool):
+  """Values of one tap at every point, (P, C) or (C, P); zero outside the input."""
+  ndim = len(tap.index)
   spatial = tuple(range(ndim)) if channels_last else tuple(range(1, ndim + 1))
   dims = lax.GatherDimensionNumbers(offset_dims=(1,) if channels_last else (0,), collapsed_slice_dims=spatial,
                                     start_index_map=spatial)
   slice_sizes = (1,) * ndim + values.shape[-1:] if channels_last else values.shape[:1] + (1,) * ndim
-  indices = jnp.stack([index[:, k] for index in table.index], axis=-1)
+  indices = jnp.stack(tap.index, axis=-1)
   read = lax.gather(values, indices, dims, slice_sizes, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
-  return _mask(read, per_point(table.inside[:, k], channels_last))
+  return _mask(read, per_point(tap.inside, channels_last))
 
 
 def _read_all_taps(values_last, table: TapTable):
-  """Every tap of every point from channels-last values: (P, K, C)."""
+  """Every tap of every point from channels-last values: (K, P, C)."""
   read = values_last.at[table.index].get(mode="promise_in_bounds")
   return _mask(read, table.inside[..., None])
 
 
-def interpolate(values, table: TapTable, channels_last: bool):
-  """Forward, one gather per tap: (P, C) or (C, P). For at most 8 taps."""
+def interpolate(values, taps: PointTaps, channels_last: bool):
+  """Forward, one gather per tap: (P, C) or (C, P). For at most 16 taps."""
   out = 0
-  for k in range(table.weight.shape[1]):
-    out = out + per_point(table.weight[:, k], channels_last) * _read_tap(values, table, k, channels_last)
+  for tap in each_tap(taps):
+    out = out + per_point(tap.weight, channels_last) * _read_tap(values, tap, channels_last)
   return out
 
 
@@ -168,32 +229,36 @@ def interpolate(values, table: TapTable, channels_last: bool):
 # per-point arrays (P, C): the caller transposes once for the whole batch.
 
 
-def interpolate_all_taps(values, table: TapTable):
+def interpolate_all_taps(values, taps: PointTaps):
   """Forward, all taps in one gather: (P, C)."""
-  # As a contraction (XLA emits a batched dot): measured 2x faster for the 16
-  # bicubic taps than a multiply followed by a reduction.
-  return jnp.einsum("pk,pkc->pc", table.weight, _read_all_taps(values, table))
+  table = tap_table(taps)
+  # As a contraction (XLA emits a dot): measured 2x faster for many taps
+  # than a multiply followed by a reduction.
+  return jnp.einsum("kp,kpc->pc", table.weight, _read_all_taps(values, table))
 
 
-def spatial_gradient(values, table: TapTable):
+def spatial_gradient(values, taps: PointTaps):
   """d output / d grid value per grid component, (ndim, P, C)."""
+  table = tap_table(taps)
   reads = _read_all_taps(values, table)
-  return jnp.stack([jnp.einsum("pk,pkc->pc", slope, reads) for slope in table.slopes[::-1]])
+  return jnp.stack([jnp.einsum("kp,kpc->pc", slope, reads) for slope in table.slopes[::-1]])
 
 
-def grad_values(values, table: TapTable, grad_out):
+def grad_values(values, taps: PointTaps, grad_out):
   """grad_input: scatter-add ``weight * grad_out`` to every tap inside the input."""
-  updates = table.weight[..., None] * grad_out[:, None, :]
+  table = tap_table(taps)
+  updates = table.weight[..., None] * grad_out[None, :, :]
   return jnp.zeros_like(values).at[table.index].add(updates, mode="promise_in_bounds")
 
 
-def grad_points(values, table: TapTable, grad_out, points):
+def grad_points(values, taps: PointTaps, grad_out, points):
   """grad_grid: (P, ndim), per axis ``sum_k slope_k * sum_c grad_out_c * value_kc``."""
-  if table.slopes is None:
+  if taps.axes[0].slope is None:
     # Zero, but computed from the points rather than a constant, so that a
     # batch-sharded grid gives a batch-sharded (not replicated) gradient.
     return jnp.where(jnp.isfinite(points), points * 0, 0).astype(values.dtype)
-  # Contract channels first: one (P, K) array instead of one (P, K, C) per axis.
-  response = jnp.einsum("pkc,pc->pk", _read_all_taps(values, table), grad_out)
-  per_axis = [jnp.sum(slope * response, axis=-1) for slope in table.slopes]
+  table = tap_table(taps)
+  # Contract channels first: one (K, P) array instead of one (K, P, C) per axis.
+  response = jnp.einsum("kpc,pc->kp", _read_all_taps(values, table), grad_out)
+  per_axis = [jnp.sum(slope * response, axis=0) for slope in table.slopes]
   return jnp.stack(per_axis[::-1], axis=-1)

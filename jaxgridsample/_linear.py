@@ -28,7 +28,7 @@ def axis_taps(g, size: int, padding_mode: str, align_corners: bool, spatial_rank
     spatial_rank: 2 or 3 (operation order of PyTorch's kernel for that rank).
 
   Returns:
-    AxisTaps with arrays of shape ``(P, 2)``.
+    AxisTaps with arrays of shape ``(2, P)``.
   """
   p, scale = unnormalize(g, size, align_corners, spatial_rank)
   p, finite = sanitize(p, size, padding_mode)
@@ -37,7 +37,7 @@ def axis_taps(g, size: int, padding_mode: str, align_corners: bool, spatial_rank
   t = p - west
   multiplier = jnp.where(finite, padding_mult * jnp.asarray(scale, p.dtype), 0)
   return AxisTaps(
-      position=jnp.stack([west, west + 1], axis=-1),
-      weight=jnp.stack([1 - t, t], axis=-1),
-      slope=jnp.stack([-multiplier, multiplier], axis=-1),
+      position=jnp.stack([west, west + 1]),
+      weight=jnp.stack([1 - t, t]),
+      slope=jnp.stack([-multiplier, multiplier]),
   )

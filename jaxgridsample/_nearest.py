@@ -26,13 +26,13 @@ def axis_taps(g, size: int, padding_mode: str, align_corners: bool, spatial_rank
     spatial_rank: 2 or 3 (operation order of PyTorch's kernel for that rank).
 
   Returns:
-    AxisTaps with arrays of shape ``(P, 1)`` and ``slope=None``.
+    AxisTaps with arrays of shape ``(1, P)`` and ``slope=None``.
   """
   p, _ = unnormalize(g, size, align_corners, spatial_rank)
   p, _ = sanitize(p, size, padding_mode)
   p, _ = pad_coordinate(p, size, padding_mode, align_corners, spatial_rank)
   return AxisTaps(
-      position=jnp.round(p)[:, None],
-      weight=jnp.ones_like(p)[:, None],
+      position=jnp.round(p)[None],
+      weight=jnp.ones_like(p)[None],
       slope=None,
   )
