@@ -19,6 +19,12 @@ Everything here works on one sample: grid points of shape ``(P, ndim)`` and
 ``values`` of shape ``(*spatial_in, C)`` (channels-last; :func:`interpolate`
 also takes ``(C, *spatial_in)``). Indices stay per axis (never flattened), so
 no index arithmetic can overflow on large inputs.
+
+Layout matters more than arithmetic on XLA's CPU backend, so per-point arrays
+keep the point axis last and contiguous: per-axis taps are (T, P), the
+stacked table is (K, P). The forward of up to 16 taps builds each tap from
+per-axis rows (:func:`each_tap`); the all-taps functions use the stacked
+:class:`TapTable`.
 """
 
 from __future__ import annotations
@@ -244,11 +250,20 @@ def spatial_gradient(values, taps: PointTaps):
   return jnp.stack([jnp.einsum("kp,kpc->pc", slope, reads) for slope in table.slopes[::-1]])
 
 
-def grad_values(values, taps: PointTaps, grad_out):
-  """grad_input: scatter-add ``weight * grad_out`` to every tap inside the input."""
+def add_grad_values(accumulator, taps: PointTaps, grad_out):
+  """grad_input: scatter-adds ``weight * grad_out`` to every tap inside the input.
+
+  Args:
+    accumulator: (*spatial_in, C) gradient so far, channels-last.
+    taps: the taps of P points.
+    grad_out: (P, C) incoming gradient of those points.
+
+  Returns:
+    ``accumulator`` plus these points' contributions.
+  """
   table = tap_table(taps)
   updates = table.weight[..., None] * grad_out[None, :, :]
-  return jnp.zeros_like(values).at[table.index].add(updates, mode="promise_in_bounds")
+  return accumulator.at[table.index].add(updates, mode="promise_in_bounds")
 
 
 def grad_points(values, taps: PointTaps, grad_out, points):
