@@ -43,23 +43,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# PyTorch's OpenMP workers busy-wait for a while after every parallel region
-# by default. Interleaved with JAX, that spinning takes the cores from the JAX
-# call that follows (measured: +50% on a 14 ms JAX forward right after a torch
-# call on 2 cores). Passive waiting lets each library run on an idle machine;
-# it must be set before torch loads its OpenMP runtime. Override by exporting
-# OMP_WAIT_POLICY yourself.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import jaxlib  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import jaxgridsample  # noqa: E402
-from jaxgridsample import _autodiff, grid_sample  # noqa: E402
+import jaxgridsample
+from jaxgridsample import _autodiff, grid_sample
 
 HERE = Path(__file__).resolve().parent
 # Whether the baseline's ``_autodiff._forward`` takes the layout as an argument
@@ -201,6 +193,7 @@ def environment(num_threads: int) -> dict:
       "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
       "torch_num_threads": num_threads,
       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+      "block_calls": BLOCK_CALLS,
       "jaxgridsample": library_version(),
       "baseline_layout_arg": _FORWARD_HAS_LAYOUT,
       "load_average_start": load_average(),
@@ -329,11 +322,22 @@ def build_competitors(input_shape, out_spatial, mode, padding_mode, align_corner
   return callables, compile_s, memory, checks
 
 
+# Both libraries' worker threads busy-wait for a while after a call (torch's
+# OpenMP pool, XLA's thread pool). A call that runs right after the other
+# library's therefore shares the cores with spinning threads: a 5 ms JAX
+# forward took 10 ms right after a torch call on 2 cores. Each competitor
+# thus runs as a block of calls whose first call is untimed, so every timed
+# call follows a call of its own library, as it would in a real program.
+BLOCK_CALLS = 3
+
+
 def time_interleaved(callables: dict[str, Callable], repeats: int, warmup: int) -> dict[str, list[float]]:
   """Times every callable ``repeats`` times, round-robin within each repetition.
 
-  The starting competitor rotates from one repetition to the next so that none
-  always runs right after the same neighbour. Returns seconds per call.
+  Within a repetition each competitor runs ``BLOCK_CALLS`` times in a row and
+  only the last call is timed (see ``BLOCK_CALLS``). The starting competitor
+  rotates from one repetition to the next so that none always runs right
+  after the same neighbour. Returns seconds per call.
   """
   names = list(callables)
   for _ in range(warmup):
@@ -347,6 +351,8 @@ def time_interleaved(callables: dict[str, Callable], repeats: int, warmup: int) 
       shift = rep % len(names)
       for name in names[shift:] + names[:shift]:
         fn = callables[name]
+        for _ in range(BLOCK_CALLS - 1):
+          fn()
         start = time.perf_counter()
         fn()
         samples[name].append(time.perf_counter() - start)
@@ -439,9 +445,11 @@ def render(env: dict, args: argparse.Namespace, workloads: list[dict], scaling: 
       f"{' + uncommitted changes' if lib['modified'] else ''} (source sha256 {lib['source_sha256']});"
       f" baseline forward {'channels first' if env['baseline_layout_arg'] else 'channels last + moveaxis'}",
       f"- torch CPU capability: {env['torch_cpu_capability']};"
-      f" torch.set_num_threads({env['torch_num_threads']}); OMP_WAIT_POLICY={env.get('omp_wait_policy')}",
+      f" torch.set_num_threads({env['torch_num_threads']}); OMP_WAIT_POLICY={env.get('omp_wait_policy')}"
+      f" (unset: the default)",
       f"- load average (1, 5, 15 min): start {env['load_average_start']}, end {env.get('load_average_end')}",
-      f"- repetitions: {args.repeats} (interleaved round-robin, medians), warm-up {args.warmup};"
+      f"- repetitions: {args.repeats} (interleaved round-robin in blocks of {env.get('block_calls', 1)} calls,"
+      f" the last one timed; medians), warm-up {args.warmup};"
       " float32; times in ms",
       "",
   ]

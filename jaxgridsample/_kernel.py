@@ -217,10 +217,17 @@ def _read_tap(values, tap: Tap, channels_last: bool):
   return _mask(read, per_point(tap.inside, channels_last))
 
 
+def _point_major(index):
+  # The taps of one point lie in a small neighbourhood: reading or writing
+  # them one after the other (P, K) rather than tap by tap across the whole
+  # image (K, P) keeps the memory accesses local (measured 1.3x faster).
+  return tuple(i.T for i in index)
+
+
 def _read_all_taps(values_last, table: TapTable):
-  """Every tap of every point from channels-last values: (K, P, C)."""
-  read = values_last.at[table.index].get(mode="promise_in_bounds")
-  return _mask(read, table.inside[..., None])
+  """Every tap of every point from channels-last values: (P, K, C)."""
+  read = values_last.at[_point_major(table.index)].get(mode="promise_in_bounds")
+  return _mask(read, table.inside.T[..., None])
 
 
 def interpolate(values, taps: PointTaps, channels_last: bool):
@@ -240,14 +247,14 @@ def interpolate_all_taps(values, taps: PointTaps):
   table = tap_table(taps)
   # As a contraction (XLA emits a dot): measured 2x faster for many taps
   # than a multiply followed by a reduction.
-  return jnp.einsum("kp,kpc->pc", table.weight, _read_all_taps(values, table))
+  return jnp.einsum("kp,pkc->pc", table.weight, _read_all_taps(values, table))
 
 
 def spatial_gradient(values, taps: PointTaps):
   """d output / d grid value per grid component, (ndim, P, C)."""
   table = tap_table(taps)
   reads = _read_all_taps(values, table)
-  return jnp.stack([jnp.einsum("kp,kpc->pc", slope, reads) for slope in table.slopes[::-1]])
+  return jnp.stack([jnp.einsum("kp,pkc->pc", slope, reads) for slope in table.slopes[::-1]])
 
 
 def add_grad_values(accumulator, taps: PointTaps, grad_out):
@@ -262,8 +269,8 @@ def add_grad_values(accumulator, taps: PointTaps, grad_out):
     ``accumulator`` plus these points' contributions.
   """
   table = tap_table(taps)
-  updates = table.weight[..., None] * grad_out[None, :, :]
-  return accumulator.at[table.index].add(updates, mode="promise_in_bounds")
+  updates = table.weight.T[..., None] * grad_out[:, None, :]
+  return accumulator.at[_point_major(table.index)].add(updates, mode="promise_in_bounds")
 
 
 def grad_points(values, taps: PointTaps, grad_out, points):
@@ -274,6 +281,6 @@ def grad_points(values, taps: PointTaps, grad_out, points):
     return jnp.where(jnp.isfinite(points), points * 0, 0).astype(values.dtype)
   table = tap_table(taps)
   # Contract channels first: one (K, P) array instead of one (K, P, C) per axis.
-  response = jnp.einsum("kpc,pc->kp", _read_all_taps(values, table), grad_out)
+  response = jnp.einsum("pkc,pc->kp", _read_all_taps(values, table), grad_out)
   per_axis = [jnp.sum(slope * response, axis=0) for slope in table.slopes]
   return jnp.stack(per_axis[::-1], axis=-1)
