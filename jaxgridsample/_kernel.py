@@ -114,6 +114,13 @@ def _clamped_index(position, inside):
   return jnp.where(inside, position, 0).astype(jnp.int32)
 
 
+def _all(masks):
+  result = masks[0]
+  for mask in masks[1:]:
+    result = result & mask
+  return result
+
+
 def _masked_product(factors, inside):
   result = factors[0]
   for factor in factors[1:]:
@@ -145,9 +152,7 @@ def each_tap(taps: PointTaps) -> list[Tap]:
   for combo in itertools.product(*(range(axis.position.shape[0]) for axis in taps.axes)):
     positions = [axis.position[k] for axis, k in zip(taps.axes, combo)]
     inside_axis = [_inside(position, size) for position, size in zip(positions, taps.sizes)]
-    inside = inside_axis[0]
-    for ok in inside_axis[1:]:
-      inside = inside & ok
+    inside = _all(inside_axis)
     weight = _masked_product([axis.weight[k] for axis, k in zip(taps.axes, combo)], inside)
     result.append(Tap(tuple(_clamped_index(p, ok) for p, ok in zip(positions, inside_axis)), weight, inside))
   return result
@@ -169,9 +174,7 @@ def tap_table(taps: PointTaps) -> TapTable:
   inside_axis = [_inside(axis.position, size) for axis, size in zip(taps.axes, taps.sizes)]
   index = tuple(spread(_clamped_index(axis.position, ok), a)
                 for a, (axis, ok) in enumerate(zip(taps.axes, inside_axis)))
-  inside = spread(inside_axis[0], 0)
-  for a in range(1, ndim):
-    inside = inside & spread(inside_axis[a], a)
+  inside = _all([spread(ok, a) for a, ok in enumerate(inside_axis)])
   weights = [spread(axis.weight, a) for a, axis in enumerate(taps.axes)]
   slopes = None
   if taps.axes[0].slope is not None:
@@ -185,7 +188,7 @@ def tap_table(taps: PointTaps) -> TapTable:
 #
 # * the forward of up to 16 taps (linear, nearest, bicubic) unrolls one
 #   gather per tap in the caller's layout, which XLA fuses with the weighted
-#   sum: several times faster than gathering all taps into a (K, P, C)
+#   sum: several times faster than gathering all taps into a (P, K, C)
 #   temporary;
 # * everything else gathers all taps at once from a channels-last view, rows
 #   of C contiguous values, and scatter-adds into a channels-last accumulator
@@ -220,7 +223,8 @@ def _read_tap(values, tap: Tap, channels_last: bool):
 def _point_major(index):
   # The taps of one point lie in a small neighbourhood: reading or writing
   # them one after the other (P, K) rather than tap by tap across the whole
-  # image (K, P) keeps the memory accesses local (measured 1.3x faster).
+  # image (K, P) keeps the memory accesses local (bicubic's backward, 16
+  # taps: measured 1.7x faster).
   return tuple(i.T for i in index)
 
 
@@ -280,7 +284,7 @@ def grad_points(values, taps: PointTaps, grad_out, points):
     # batch-sharded grid gives a batch-sharded (not replicated) gradient.
     return jnp.where(jnp.isfinite(points), points * 0, 0).astype(values.dtype)
   table = tap_table(taps)
-  # Contract channels first: one (K, P) array instead of one (K, P, C) per axis.
+  # Contract channels first: one (K, P) array instead of one (P, K, C) per axis.
   response = jnp.einsum("pkc,pc->kp", _read_all_taps(values, table), grad_out)
   per_axis = [jnp.sum(slope * response, axis=0) for slope in table.slopes]
   return jnp.stack(per_axis[::-1], axis=-1)
