@@ -326,8 +326,8 @@ def build_competitors(input_shape, out_spatial, mode, padding_mode, align_corner
 # OpenMP pool, XLA's thread pool). A call that runs right after the other
 # library's therefore shares the cores with spinning threads: a 5 ms JAX
 # forward took 10 ms right after a torch call on 2 cores. Each competitor
-# thus runs as a block of calls whose first call is untimed, so every timed
-# call follows a call of its own library, as it would in a real program.
+# thus runs as a block of calls of which only the last is timed, so every
+# timed call follows a call of its own library, as in a real program.
 BLOCK_CALLS = 3
 
 
@@ -445,8 +445,8 @@ def render(env: dict, args: argparse.Namespace, workloads: list[dict], scaling: 
       f"{' + uncommitted changes' if lib['modified'] else ''} (source sha256 {lib['source_sha256']});"
       f" baseline forward {'channels first' if env['baseline_layout_arg'] else 'channels last + moveaxis'}",
       f"- torch CPU capability: {env['torch_cpu_capability']};"
-      f" torch.set_num_threads({env['torch_num_threads']}); OMP_WAIT_POLICY={env.get('omp_wait_policy')}"
-      f" (unset: the default)",
+      f" torch.set_num_threads({env['torch_num_threads']});"
+      f" OMP_WAIT_POLICY {env.get('omp_wait_policy') or 'unset (the default)'}",
       f"- load average (1, 5, 15 min): start {env['load_average_start']}, end {env.get('load_average_end')}",
       f"- repetitions: {args.repeats} (interleaved round-robin in blocks of {env.get('block_calls', 1)} calls,"
       f" the last one timed; medians), warm-up {args.warmup};"
