@@ -131,7 +131,7 @@ def _sample_fwd(values, grid, mode, padding_mode, align_corners, channels_last):
   return _forward(values, grid, mode, padding_mode, align_corners, channels_last), (values, grid)
 
 
-# The backward walks the points in chunks whose temporaries, (taps, N * chunk,
+# The backward walks the points in chunks whose temporaries, (N, taps, chunk,
 # C) values, stay near this many bytes. Gathering and scatter-adding all
 # points at once held ~10x the input in temporaries (feature-map workload),
 # and buffers that large are freshly mapped and page-faulted by every call:
@@ -139,63 +139,72 @@ def _sample_fwd(values, grid, mode, padding_mode, align_corners, channels_last):
 BACKWARD_CHUNK_BYTES = 4 << 20
 
 
-def _backward_chunk(num_points: int, batch: int, taps: int, channels: int, itemsize: int) -> int:
-  """Points per backward chunk (at least 64, at most all of them).
+def _chunk_size(num_points: int, bytes_per_point: int, budget: int) -> int:
+  """Points per chunk (at least 64, at most all of them).
 
   Prefers a divisor of ``num_points`` within a factor of two of the budget:
   a remainder chunk is a second copy of the loop body, which doubles the
   compile time.
   """
-  per_point = max(1, batch * taps * channels * itemsize)
-  largest = max(1, min(num_points, max(64, BACKWARD_CHUNK_BYTES // per_point)))
+  largest = max(1, min(num_points, max(64, budget // max(1, bytes_per_point))))
   for chunk in range(largest, (largest - 1) // 2, -1):
     if num_points % chunk == 0:
       return chunk
   return largest
 
 
-def _backward_one_sample(values, points, grad_out, *, mode, padding_mode, align_corners, chunk, grad_out_last):
+def _over_chunks(one_chunk, num_points: int, chunk: int, carry):
+  """Folds ``carry = one_chunk(start, size, carry)`` over chunks of the points.
+
+  Full chunks run in a ``fori_loop`` (one copy of the body whatever the
+  number of chunks), a remainder chunk after it.
+  """
+  num_full = num_points // chunk
+  if num_full:
+    carry = jax.lax.fori_loop(0, num_full, lambda i, c: one_chunk(i * chunk, chunk, c), carry)
+  if num_points - num_full * chunk:
+    carry = one_chunk(num_full * chunk, num_points - num_full * chunk, carry)
+  return carry
+
+
+def _backward_one_sample(values, points, grad_out, *, mode, padding_mode, align_corners, chunk, channels_last):
   """grad_input and grad_grid of one sample, chunk by chunk over its points.
 
   Args:
-    values: (*spatial_in, C) channels-last input.
+    values: (C, *spatial_in), or (*spatial_in, C) with ``channels_last``.
     points: (P, ndim) grid points.
-    grad_out: (P, C), or (C, P) unless ``grad_out_last``, incoming gradient.
+    grad_out: (C, P), or (P, C) with ``channels_last``, incoming gradient.
     mode, padding_mode, align_corners: as for :func:`sample`.
     chunk: points per chunk.
-    grad_out_last: the layout of ``grad_out``.
+    channels_last: the layout of ``values`` and ``grad_out``.
 
   Returns:
-    (grad_values (*spatial_in, C), grad_points (P, ndim)).
+    (grad_values (*spatial_in, C) channels-last, grad_points (P, ndim)).
   """
   axis_taps = INTERPOLATION_FAMILIES[mode]
-  spatial_shape = values.shape[:-1]
-  num_points = points.shape[0]
+  spatial_shape = values.shape[:-1] if channels_last else values.shape[1:]
+  unrolled = _TAPS_PER_AXIS[mode]**len(spatial_shape) <= _kernel.UNROLL_LIMIT
+  # Scatter-adds write whole channel rows, so grad_values is channels-last.
+  # The grid gradient of up to 16 taps reads the caller's layout tap by tap,
+  # like the forward (no transposed copy of the input); more taps read all
+  # at once from channels-last rows.
+  values_last = values if channels_last or unrolled else jnp.moveaxis(values, 0, -1)
 
-  def one_chunk(start, size, grad_values):
-    chunk_points = jax.lax.dynamic_slice_in_dim(points, start, size, axis=0)
-    chunk_grad = jax.lax.dynamic_slice_in_dim(grad_out, start, size, axis=0 if grad_out_last else 1)
-    if not grad_out_last:
-      chunk_grad = chunk_grad.T
-    taps = _kernel.point_taps(axis_taps, chunk_points, spatial_shape, padding_mode, align_corners)
-    return (_kernel.add_grad_values(grad_values, taps, chunk_grad),
-            _kernel.grad_points(values, taps, chunk_grad, chunk_points))
-
-  def body(i, carry):
+  def one_chunk(start, size, carry):
     grad_values, grad_points = carry
-    grad_values, chunk_grad_points = one_chunk(i * chunk, chunk, grad_values)
-    return grad_values, jax.lax.dynamic_update_slice_in_dim(grad_points, chunk_grad_points, i * chunk, axis=0)
+    chunk_points = jax.lax.dynamic_slice_in_dim(points, start, size, axis=0)
+    chunk_grad = jax.lax.dynamic_slice_in_dim(grad_out, start, size, axis=0 if channels_last else 1)
+    chunk_grad_last = chunk_grad if channels_last else chunk_grad.T
+    taps = _kernel.point_taps(axis_taps, chunk_points, spatial_shape, padding_mode, align_corners)
+    grad_values = _kernel.add_grad_values(grad_values, taps, chunk_grad_last)
+    if unrolled:
+      chunk_grad_points = _kernel.grad_points_unrolled(values, taps, chunk_grad, chunk_points, channels_last)
+    else:
+      chunk_grad_points = _kernel.grad_points(values_last, taps, chunk_grad_last, chunk_points)
+    return grad_values, jax.lax.dynamic_update_slice_in_dim(grad_points, chunk_grad_points, start, axis=0)
 
-  num_full = num_points // chunk
-  carry = (jnp.zeros_like(values), jnp.zeros_like(points))
-  if num_full:
-    carry = jax.lax.fori_loop(0, num_full, body, carry)
-  grad_values, grad_points = carry
-  remainder = num_points - num_full * chunk
-  if remainder:
-    grad_values, last = one_chunk(num_full * chunk, remainder, grad_values)
-    grad_points = jax.lax.dynamic_update_slice_in_dim(grad_points, last, num_full * chunk, axis=0)
-  return grad_values, grad_points
+  grad_values = jnp.zeros(spatial_shape + (values.shape[-1 if channels_last else 0],), values.dtype)
+  return _over_chunks(one_chunk, points.shape[0], chunk, (grad_values, jnp.zeros_like(points)))
 
 
 def _sample_bwd(mode, padding_mode, align_corners, channels_last, residuals, grad_out):
@@ -203,16 +212,15 @@ def _sample_bwd(mode, padding_mode, align_corners, channels_last, residuals, gra
   dtype = compute_dtype(values.dtype, grid.dtype)
   points = _flatten_points(grid.astype(dtype))
   num_batch, num_points, ndim = points.shape
-  # Gathers and scatter-adds read and write whole channel rows, so the input
-  # and its gradient are channels-last; the incoming gradient stays in the
-  # caller's layout and each chunk transposes its own slice.
-  values_last = _to_channels_last(values.astype(dtype), channels_last)
+  # The incoming gradient stays in the caller's layout; each chunk transposes
+  # its own slice where it needs channel rows.
   grad_out = _flatten_output_like(grad_out.astype(dtype), num_points, channels_last)
-  chunk = _backward_chunk(num_points, num_batch, _TAPS_PER_AXIS[mode]**ndim, values_last.shape[-1],
-                          jnp.dtype(dtype).itemsize)
+  channels = values.shape[-1 if channels_last else 1]
+  taps = _TAPS_PER_AXIS[mode]**ndim
+  chunk = _chunk_size(num_points, num_batch * taps * channels * jnp.dtype(dtype).itemsize, BACKWARD_CHUNK_BYTES)
   run = functools.partial(_backward_one_sample, mode=mode, padding_mode=padding_mode, align_corners=align_corners,
-                          chunk=chunk, grad_out_last=channels_last)
-  grad_values, grad_points = jax.vmap(run)(values_last, points, grad_out)
+                          chunk=chunk, channels_last=channels_last)
+  grad_values, grad_points = jax.vmap(run)(values.astype(dtype), points, grad_out)
   grad_values = _from_channels_last(grad_values, channels_last)
   return grad_values.astype(values.dtype), grad_points.reshape(grid.shape).astype(grid.dtype)
 

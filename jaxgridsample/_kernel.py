@@ -22,9 +22,9 @@ no index arithmetic can overflow on large inputs.
 
 Layout matters more than arithmetic on XLA's CPU backend, so per-point arrays
 keep the point axis last and contiguous: per-axis taps are (T, P), the
-stacked table is (K, P). The forward of up to 16 taps builds each tap from
-per-axis rows (:func:`each_tap`); the all-taps functions use the stacked
-:class:`TapTable`.
+stacked table is (K, P). The forward and the grid gradient of up to 16 taps
+build each tap from per-axis rows (:func:`each_tap`); the all-taps functions
+use the stacked :class:`TapTable`.
 """
 
 from __future__ import annotations
@@ -129,20 +129,23 @@ def _masked_product(factors, inside):
 
 
 class Tap(NamedTuple):
-  """One tap of every sample point, for the unrolled forward.
+  """One tap of every sample point, for the unrolled functions.
 
   Attributes:
     index: per spatial axis, (P,) int32 pixel index, clamped into range.
     weight: (P,) weight, zero where the tap lies outside the input.
     inside: (P,) bool, True where the tap lies inside the input.
+    slopes: per spatial axis, (P,) derivative of ``weight`` with respect to
+      that axis's grid value (zero outside the input), or None.
   """
 
   index: tuple[jnp.ndarray, ...]
   weight: jnp.ndarray
   inside: jnp.ndarray
+  slopes: tuple[jnp.ndarray, ...] | None = None
 
 
-def each_tap(taps: PointTaps) -> list[Tap]:
+def each_tap(taps: PointTaps, with_slopes: bool = False) -> list[Tap]:
   """The taps one by one, in :class:`TapTable` order (first axis slowest).
 
   Each tap is built from per-axis rows, which XLA fuses into the tap's gather
@@ -153,8 +156,13 @@ def each_tap(taps: PointTaps) -> list[Tap]:
     positions = [axis.position[k] for axis, k in zip(taps.axes, combo)]
     inside_axis = [_inside(position, size) for position, size in zip(positions, taps.sizes)]
     inside = _all(inside_axis)
-    weight = _masked_product([axis.weight[k] for axis, k in zip(taps.axes, combo)], inside)
-    result.append(Tap(tuple(_clamped_index(p, ok) for p, ok in zip(positions, inside_axis)), weight, inside))
+    weights = [axis.weight[k] for axis, k in zip(taps.axes, combo)]
+    slopes = None
+    if with_slopes:
+      slopes = tuple(_masked_product(weights[:a] + [axis.slope[k]] + weights[a + 1:], inside)
+                     for a, (axis, k) in enumerate(zip(taps.axes, combo)))
+    index = tuple(_clamped_index(p, ok) for p, ok in zip(positions, inside_axis))
+    result.append(Tap(index, _masked_product(weights, inside), inside, slopes))
   return result
 
 
@@ -186,10 +194,10 @@ def tap_table(taps: PointTaps) -> TapTable:
 
 # Two ways to read taps, each where XLA's CPU backend does it fastest:
 #
-# * the forward of up to 16 taps (linear, nearest, bicubic) unrolls one
-#   gather per tap in the caller's layout, which XLA fuses with the weighted
-#   sum: several times faster than gathering all taps into a (P, K, C)
-#   temporary;
+# * the forward and the grid gradient of up to 16 taps (linear, nearest,
+#   bicubic) unroll one gather per tap in the caller's layout, which XLA
+#   fuses with the weighted sum: several times faster than gathering all
+#   taps into a (P, K, C) temporary (forward), 1.5-2x for the grid gradient;
 # * everything else gathers all taps at once from a channels-last view, rows
 #   of C contiguous values, and scatter-adds into a channels-last accumulator
 #   (unrolling 64 tricubic taps, or the backward's scatters, was slower and
@@ -237,9 +245,53 @@ def _read_all_taps(values_last, table: TapTable):
 def interpolate(values, taps: PointTaps, channels_last: bool):
   """Forward, one gather per tap: (P, C) or (C, P). For at most 16 taps."""
   out = 0
+  any_inside = None
   for tap in each_tap(taps):
     out = out + per_point(tap.weight, channels_last) * _read_tap(values, tap, channels_last)
-  return out
+    any_inside = tap.inside if any_inside is None else any_inside | tap.inside
+  # A no-op select (a point with no tap inside sums to zero anyway) that
+  # keeps the forward one fused loop: XLA's CPU backend pulls a final add
+  # into a consumer's reduction (a loss like ``sum(out * w)``), and then
+  # materialises every tap's gather on its own, 4-8x slower than this
+  # forward alone; it leaves a select where it is.
+  return _mask(out, per_point(any_inside, channels_last))
+
+
+def grad_points_unrolled(values, taps: PointTaps, grad_out, points, channels_last: bool):
+  """grad_grid, (P, ndim), one gather per tap in the caller's layout. For at most 16 taps.
+
+  ATen's order: per channel, the taps' values times their slopes summed (the
+  spatial derivative, ``gx``/``gy``), then times the incoming gradient and
+  summed over channels.
+
+  Args:
+    values: (*spatial_in, C), or (C, *spatial_in) unless ``channels_last``.
+    taps: the taps of P points.
+    grad_out: (P, C), or (C, P) unless ``channels_last``, incoming gradient.
+    points: (P, ndim) the grid points.
+    channels_last: the layout of ``values`` and ``grad_out``.
+  """
+  if taps.axes[0].slope is None:
+    return _zero_grad_points(points, values.dtype)
+  derivatives = [0] * len(taps.axes)
+  for tap in each_tap(taps, with_slopes=True):
+    read = _read_tap(values, tap, channels_last)
+    for axis, slope in enumerate(tap.slopes):
+      derivatives[axis] = derivatives[axis] + per_point(slope, channels_last) * read
+  # One variadic reduction over channels for all axes. XLA's CPU backend
+  # hands a plain sum to a library kernel that needs its operands
+  # materialised (each tap's gather on its own); this one it emits itself,
+  # with the gathers fused in.
+  zero = jnp.zeros((), values.dtype)
+  per_axis = lax.reduce(tuple(grad_out * d for d in derivatives), (zero,) * len(derivatives),
+                        lambda a, b: tuple(x + y for x, y in zip(a, b)), (1 if channels_last else 0,))
+  return jnp.stack(per_axis[::-1], axis=-1)
+
+
+def _zero_grad_points(points, dtype):
+  # Zero, but computed from the points rather than a constant, so that a
+  # batch-sharded grid gives a batch-sharded (not replicated) gradient.
+  return jnp.where(jnp.isfinite(points), points * 0, 0).astype(dtype)
 
 
 # The functions below take channels-last values (*spatial_in, C) and
@@ -280,9 +332,7 @@ def add_grad_values(accumulator, taps: PointTaps, grad_out):
 def grad_points(values, taps: PointTaps, grad_out, points):
   """grad_grid: (P, ndim), per axis ``sum_k slope_k * sum_c grad_out_c * value_kc``."""
   if taps.axes[0].slope is None:
-    # Zero, but computed from the points rather than a constant, so that a
-    # batch-sharded grid gives a batch-sharded (not replicated) gradient.
-    return jnp.where(jnp.isfinite(points), points * 0, 0).astype(values.dtype)
+    return _zero_grad_points(points, values.dtype)
   table = tap_table(taps)
   # Contract channels first: one (K, P) array instead of one (P, K, C) per axis.
   response = jnp.einsum("pkc,pc->kp", _read_all_taps(values, table), grad_out)
