@@ -183,9 +183,9 @@ def _backward_one_sample(values, points, grad_out, *, mode, padding_mode, align_
   """
   axis_taps = INTERPOLATION_FAMILIES[mode]
   spatial_shape = values.shape[:-1] if channels_last else values.shape[1:]
-  unrolled = _TAPS_PER_AXIS[mode]**len(spatial_shape) <= _kernel.UNROLL_LIMIT
+  unrolled = _TAPS_PER_AXIS[mode]**len(spatial_shape) <= _kernel.GRAD_UNROLL_LIMIT
   # Scatter-adds write whole channel rows, so grad_values is channels-last.
-  # The grid gradient of up to 16 taps reads the caller's layout tap by tap,
+  # The grid gradient of up to 8 taps reads the caller's layout tap by tap,
   # like the forward (no transposed copy of the input); more taps read all
   # at once from channels-last rows.
   values_last = values if channels_last or unrolled else jnp.moveaxis(values, 0, -1)

@@ -22,9 +22,9 @@ no index arithmetic can overflow on large inputs.
 
 Layout matters more than arithmetic on XLA's CPU backend, so per-point arrays
 keep the point axis last and contiguous: per-axis taps are (T, P), the
-stacked table is (K, P). The forward and the grid gradient of up to 16 taps
-build each tap from per-axis rows (:func:`each_tap`); the all-taps functions
-use the stacked :class:`TapTable`.
+stacked table is (K, P). The forward of up to 16 taps and the grid gradient
+of up to 8 build each tap from per-axis rows (:func:`each_tap`); the all-taps
+functions use the stacked :class:`TapTable`.
 """
 
 from __future__ import annotations
@@ -194,15 +194,20 @@ def tap_table(taps: PointTaps) -> TapTable:
 
 # Two ways to read taps, each where XLA's CPU backend does it fastest:
 #
-# * the forward and the grid gradient of up to 16 taps (linear, nearest,
-#   bicubic) unroll one gather per tap in the caller's layout, which XLA
-#   fuses with the weighted sum: several times faster than gathering all
-#   taps into a (P, K, C) temporary (forward), 1.5-2x for the grid gradient;
+# * the forward of up to 16 taps (linear, nearest, bicubic) unrolls one
+#   gather per tap in the caller's layout, which XLA fuses with the weighted
+#   sum: several times faster than gathering all taps into a (P, K, C)
+#   temporary;
+# * so does the grid gradient of up to 8 taps (bilinear, trilinear): grid
+#   gradient alone 0.7x the time of the all-taps version on the trilinear
+#   workload. Bicubic's 16 taps times two axes gained 0.75x but doubled the
+#   compile time of value_and_grad (0.9 -> 1.7 s), so it stays all-taps;
 # * everything else gathers all taps at once from a channels-last view, rows
 #   of C contiguous values, and scatter-adds into a channels-last accumulator
 #   (unrolling 64 tricubic taps, or the backward's scatters, was slower and
 #   multiplied compile time).
 UNROLL_LIMIT = 16
+GRAD_UNROLL_LIMIT = 8
 
 
 def per_point(x, channels_last: bool):
@@ -258,7 +263,7 @@ def interpolate(values, taps: PointTaps, channels_last: bool):
 
 
 def grad_points_unrolled(values, taps: PointTaps, grad_out, points, channels_last: bool):
-  """grad_grid, (P, ndim), one gather per tap in the caller's layout. For at most 16 taps.
+  """grad_grid, (P, ndim), one gather per tap in the caller's layout. For at most 8 taps.
 
   ATen's order: per channel, the taps' values times their slopes summed (the
   spatial derivative, ``gx``/``gy``), then times the incoming gradient and
