@@ -151,17 +151,22 @@ def each_tap(taps: PointTaps, with_slopes: bool = False) -> list[Tap]:
   Each tap is built from per-axis rows, which XLA fuses into the tap's gather
   more cheaply than rows sliced out of a :class:`TapTable`.
   """
+  # Per-axis rows first (each used by several taps), then their products.
+  inside_rows = [[_inside(axis.position[k], size) for k in range(axis.position.shape[0])]
+                 for axis, size in zip(taps.axes, taps.sizes)]
+  index_rows = [[_clamped_index(axis.position[k], ok) for k, ok in enumerate(oks)]
+                for axis, oks in zip(taps.axes, inside_rows)]
+  weight_rows = [list(axis.weight) for axis in taps.axes]
+  slope_rows = [list(axis.slope) for axis in taps.axes] if with_slopes else None
   result = []
   for combo in itertools.product(*(range(axis.position.shape[0]) for axis in taps.axes)):
-    positions = [axis.position[k] for axis, k in zip(taps.axes, combo)]
-    inside_axis = [_inside(position, size) for position, size in zip(positions, taps.sizes)]
-    inside = _all(inside_axis)
-    weights = [axis.weight[k] for axis, k in zip(taps.axes, combo)]
+    inside = _all([oks[k] for oks, k in zip(inside_rows, combo)])
+    weights = [rows[k] for rows, k in zip(weight_rows, combo)]
     slopes = None
     if with_slopes:
-      slopes = tuple(_masked_product(weights[:a] + [axis.slope[k]] + weights[a + 1:], inside)
-                     for a, (axis, k) in enumerate(zip(taps.axes, combo)))
-    index = tuple(_clamped_index(p, ok) for p, ok in zip(positions, inside_axis))
+      slopes = tuple(_masked_product(weights[:a] + [slope_rows[a][k]] + weights[a + 1:], inside)
+                     for a, k in enumerate(combo))
+    index = tuple(rows[k] for rows, k in zip(index_rows, combo))
     result.append(Tap(index, _masked_product(weights, inside), inside, slopes))
   return result
 
