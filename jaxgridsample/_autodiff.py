@@ -95,12 +95,33 @@ def _batched(kernel_fn, mode, padding_mode, align_corners, values_last=True):
   return batched
 
 
-def _forward(values, grid, mode, padding_mode, align_corners, channels_last):
+# Where the forward computes each point's taps into buffers of their own
+# before the channels-first gather loop (``_kernel.materialized``) rather than
+# letting XLA repeat the coordinate arithmetic for every channel: 2-D
+# bilinear and nearest with at least 4 channels. Measured, interleaved A/B of
+# the forward: bilinear C = 4, 8, 16, 32 -> 0.75x, 0.50x, 0.84x, 0.72x;
+# reflection-padded downsampling 0.44x; nearest (C = 16) 0.56x. Slower, so
+# not done: bicubic (1.3-1.55x, C = 8 and 32), trilinear (1.3x), 3 channels
+# (1.3x): the extra pass costs more than the repeated arithmetic there.
+_MATERIALIZE_MODES = ("bilinear", "nearest")
+_MATERIALIZE_MIN_CHANNELS = 4
+
+
+def _forward(values, grid, mode, padding_mode, align_corners, channels_last, materialize=False):
+  """The forward of a batch.
+
+  ``materialize`` allows the taps to be computed into buffers of their own
+  (where measured faster); that step is not differentiable, so only the
+  primal bodies of the custom-derivative functions ask for it.
+  """
   dtype = compute_dtype(values.dtype, grid.dtype)
   values_c, grid_c = values.astype(dtype), grid.astype(dtype)
+  channels = values.shape[-1 if channels_last else 1]
+  materialize = (materialize and not channels_last and grid.shape[-1] == 2 and mode in _MATERIALIZE_MODES
+                 and channels >= _MATERIALIZE_MIN_CHANNELS)
   if _TAPS_PER_AXIS[mode] ** grid.shape[-1] <= _kernel.UNROLL_LIMIT:
     # Few taps: gather tap by tap straight from the caller's layout.
-    kernel = functools.partial(_kernel.interpolate, channels_last=channels_last)
+    kernel = functools.partial(_kernel.interpolate, channels_last=channels_last, materialize=materialize)
     out = _batched(kernel, mode, padding_mode, align_corners, values_last=channels_last)(values_c, grid_c)
     return _unflatten_output(out, grid.shape, channels_last).astype(values.dtype)
   run = _batched(_kernel.interpolate_all_taps, mode, padding_mode, align_corners)
@@ -124,11 +145,11 @@ def sample(values, grid, mode, padding_mode, align_corners, channels_last):
   Returns:
     (N, C, *spatial_out), or (N, *spatial_out, C), with ``values``' dtype.
   """
-  return _forward(values, grid, mode, padding_mode, align_corners, channels_last)
+  return _forward(values, grid, mode, padding_mode, align_corners, channels_last, materialize=True)
 
 
 def _sample_fwd(values, grid, mode, padding_mode, align_corners, channels_last):
-  return _forward(values, grid, mode, padding_mode, align_corners, channels_last), (values, grid)
+  return _forward(values, grid, mode, padding_mode, align_corners, channels_last, materialize=True), (values, grid)
 
 
 # The backward walks the points in chunks whose temporaries, (N, taps, chunk,
@@ -264,7 +285,7 @@ def sample_forward_mode(values, grid, mode, padding_mode, align_corners, channel
   times the output's size) as a residual, where :func:`sample` keeps only
   the input and the grid.
   """
-  return _forward(values, grid, mode, padding_mode, align_corners, channels_last)
+  return _forward(values, grid, mode, padding_mode, align_corners, channels_last, materialize=True)
 
 
 @sample_forward_mode.defjvp

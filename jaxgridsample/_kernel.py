@@ -252,18 +252,42 @@ def _read_all_taps(values_last, table: TapTable):
   return _mask(read, table.inside.T[..., None])
 
 
-def interpolate(values, taps: PointTaps, channels_last: bool):
-  """Forward, one gather per tap: (P, C) or (C, P). For at most 16 taps."""
+def materialized(x):
+  """``x`` unchanged, but computed into its own buffer by XLA's CPU backend.
+
+  XLA fuses cheap elementwise producers into every consumer. For per-point
+  arrays that a channels-first loop reads once per channel, that repeats the
+  coordinate arithmetic C times. A reduce-window is never fused into its
+  consumers; this one takes the maximum of each element and one padding
+  value of -inf (a dilated base puts a hole after every element), which is
+  the element itself, NaN included. Not differentiable: for use inside
+  custom-derivative rules only.
+  """
+  last = x.ndim - 1
+  ones = (1,) * last
+  return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, ones + (2,), ones + (2,),
+                           ((0, 0),) * last + ((0, 1),), base_dilation=ones + (2,))
+
+
+def interpolate(values, taps: PointTaps, channels_last: bool, materialize: bool = False):
+  """Forward, one gather per tap: (P, C) or (C, P). For at most 16 taps.
+
+  With ``materialize``, the per-axis taps are computed once per point into
+  their own buffers before the gathers (:func:`materialized`).
+  """
+  if materialize:
+    taps = PointTaps(tuple(AxisTaps(materialized(a.position), materialized(a.weight), a.slope) for a in taps.axes),
+                     taps.sizes)
   out = 0
   any_inside = None
   for tap in each_tap(taps):
     out = out + per_point(tap.weight, channels_last) * _read_tap(values, tap, channels_last)
     any_inside = tap.inside if any_inside is None else any_inside | tap.inside
   # A no-op select (a point with no tap inside sums to zero anyway) that
-  # keeps the forward one fused loop: XLA's CPU backend pulls a final add
-  # into a consumer's reduction (a loss like ``sum(out * w)``), and then
-  # materialises every tap's gather on its own, 4-8x slower than this
-  # forward alone; it leaves a select where it is.
+  # keeps the forward one fused loop: XLA's CPU backend can pull a final add
+  # into a consumer's reduction (seen with ``sum(out * w)`` for a constant
+  # ``w``), and then materialises every tap's gather on its own, 4-8x slower
+  # than this forward alone; it leaves a select where it is.
   return _mask(out, per_point(any_inside, channels_last))
 
 
