@@ -179,11 +179,11 @@ def _over_chunks(prepare, consume, num_points: int, chunk: int, carry):
 
   Full chunks run in a ``fori_loop`` (one copy of the body whatever the
   number of chunks), a remainder chunk after it. Each iteration prepares the
-  next chunk's arrays and carries them over. A loop carry is materialised,
-  which no other construct reliably achieves on XLA's CPU backend: the
-  per-point coordinate arithmetic then runs once per chunk, vectorised,
-  instead of being fused into (and repeated by) every tap's gather and
-  scatter index (measured: forward+backward 0.6-0.85x the time).
+  next chunk's arrays and carries them over. A loop carry is materialised
+  (XLA cannot fuse it into its consumers): the per-point coordinate
+  arithmetic then runs once per chunk, vectorised, instead of being fused
+  into (and repeated by) every tap's gather and scatter index (measured:
+  forward+backward 0.6-0.85x the time).
   """
   num_full = num_points // chunk
   if num_full:
