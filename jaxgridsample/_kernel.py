@@ -359,7 +359,10 @@ def add_grad_values(accumulator, taps: PointTaps, grad_out):
     ``accumulator`` plus these points' contributions.
   """
   table = tap_table(taps)
-  updates = table.weight.T[..., None] * grad_out[:, None, :]
+  # A select, not just the zero weight: a tap outside the input writes to a
+  # clamped index, where 0 * inf (a non-finite incoming gradient) would leave
+  # a NaN that ATen never writes (it skips such taps).
+  updates = _mask(table.weight.T[..., None] * grad_out[:, None, :], table.inside.T[..., None])
   return accumulator.at[_point_major(table.index)].add(updates, mode="promise_in_bounds")
 
 

@@ -219,3 +219,46 @@ def test_ordinary_points_keep_torch_parity(config):
                              atol=_parity_tol(dtype, scale * 4))
   # The special points in the same grid get no gradient from the ordinary points' cotangent.
   assert (gg_ordinary[:, :case["num_special"]] == 0).all()
+
+
+INCOMING_CONFIGS = [(ndim, mode, padding, dtype) for ndim, mode, padding, dtype
+                    in itertools.product((2, 3), MODES, PADDINGS, DTYPES) if padding == "zeros" or dtype == np.float64]
+
+
+@pytest.mark.parametrize("autodiff", ("vjp", "jvp"))
+@pytest.mark.parametrize("config", INCOMING_CONFIGS, ids=_config_id)
+def test_nonfinite_incoming_gradient_reaches_only_its_points_taps(config, autodiff):
+  """A NaN or inf in the incoming gradient reaches grad_input only at taps inside the input.
+
+  ATen skips a tap outside the input; a kernel that zeroes its weight and
+  clamps its index instead would add 0 * inf = NaN to pixel 0. Points inside,
+  straddling the border and far outside carry NaN, +inf and -inf.
+  """
+  ndim, mode, padding, dtype = config
+  ac = _align_corners(config)
+  spatial = SPATIAL[ndim]
+  rng = np.random.default_rng(zlib.crc32(("incoming-" + _config_id(config)).encode()))
+  inp = rng.standard_normal((1, CHANNELS) + spatial).astype(dtype)
+  points = rng.uniform(-1.4, 1.4, (12, ndim))
+  # Far outside, far outside, straddling the border, inside, inside.
+  points[:5] = [[3.0] * ndim, [-2.5] * ndim, [1.05] + [0.0] * (ndim - 1), [0.1] * ndim, [-0.3] * ndim]
+  grid = points.astype(dtype).reshape((1, len(points)) + (1,) * (ndim - 1) + (ndim,))
+  cotangent = rng.standard_normal((1, CHANNELS) + grid.shape[1:-1]).astype(dtype)
+  flat = cotangent.reshape(CHANNELS, -1)
+  for point, value in enumerate((np.nan, np.inf, -np.inf, np.nan, np.inf)):
+    flat[point % CHANNELS, point] = value
+
+  _, vjp = jax.vjp(lambda a, b: grid_sample(a, b, mode, padding, ac, autodiff=autodiff), inp, grid)
+  grad_input, grad_grid = (np.asarray(g) for g in vjp(cotangent))
+
+  with np.errstate(invalid="ignore"):  # inf * 0 (a zero-weight tap) and inf - inf are NaN on purpose
+    expected = grad_input_ref(inp.shape, grid, cotangent, mode, padding, ac)
+  assert not np.isfinite(expected).all()  # the case does reach some taps
+  np.testing.assert_array_equal(np.isnan(grad_input), np.isnan(expected))
+  np.testing.assert_array_equal(np.isinf(grad_input), np.isinf(expected))
+  finite = np.isfinite(expected)
+  np.testing.assert_allclose(grad_input[finite], expected[finite], rtol=0,
+                             atol=_tol(dtype, np.abs(cotangent[np.isfinite(cotangent)]).sum()))
+  # A point's grid gradient depends on its own incoming gradient only.
+  finite_points = np.isfinite(cotangent).reshape(CHANNELS, -1).all(axis=0)
+  assert np.isfinite(grad_grid.reshape(-1, ndim)[finite_points]).all()
