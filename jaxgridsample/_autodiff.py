@@ -240,8 +240,6 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
 
   def one_sample(values, axes, grad_values, chunk_points, chunk_grad, chunk_grad_last):
     taps = _kernel.PointTaps(axes, spatial_shape)
-    if chunk_grad_last is None:
-      chunk_grad_last = chunk_grad if channels_last else chunk_grad.T
     grad_values = _kernel.add_grad_values(grad_values, taps, chunk_grad_last)
     if unrolled:
       chunk_grad_points = _kernel.grad_points_unrolled(values, taps, chunk_grad, chunk_points, channels_last)
@@ -249,21 +247,27 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
       chunk_grad_points = _kernel.grad_points(values, taps, chunk_grad_last, chunk_points)
     return grad_values, chunk_grad_points
 
+  def chunk_of_grad(start, size):
+    return jax.lax.dynamic_slice_in_dim(grad_out, start, size, axis=point_axis)
+
+  def as_rows(chunk_grad):
+    # (N, C, size) -> (N, size, C): channel rows, as the scatter writes them.
+    return chunk_grad if channels_last else jnp.swapaxes(chunk_grad, 1, 2)
+
   def prepare(start, size):
     # Only the arrays: a loop carry cannot hold PointTaps' static sizes.
     chunk_points = jax.lax.dynamic_slice_in_dim(points, start, size, axis=1)
     axes = jax.vmap(
         lambda p: _kernel.point_taps(axis_taps, p, spatial_shape, padding_mode, align_corners).axes)(chunk_points)
-    rows = None
-    if transpose_ahead:
-      rows = jnp.swapaxes(jax.lax.dynamic_slice_in_dim(grad_out, start, size, axis=point_axis), 1, 2)
-    return axes, rows
+    return axes, (as_rows(chunk_of_grad(start, size)) if transpose_ahead else None)
 
   def one_chunk(start, size, prepared, carry):
     axes, rows = prepared
     grad_values, grad_points = carry
     chunk_points = jax.lax.dynamic_slice_in_dim(points, start, size, axis=1)
-    chunk_grad = jax.lax.dynamic_slice_in_dim(grad_out, start, size, axis=point_axis)
+    chunk_grad = chunk_of_grad(start, size)
+    if rows is None:
+      rows = as_rows(chunk_grad)
     grad_values, chunk_grad_points = jax.vmap(one_sample)(values_read, axes, grad_values, chunk_points, chunk_grad,
                                                           rows)
     return grad_values, jax.lax.dynamic_update_slice_in_dim(grad_points, chunk_grad_points, start, axis=1)
