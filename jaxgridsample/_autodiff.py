@@ -31,9 +31,9 @@ from . import _cubic, _kernel, _linear, _nearest
 
 # Interpolation families by mode: a new mode is one more entry.
 INTERPOLATION_FAMILIES = {
-    "bilinear": _linear.axis_taps,
-    "nearest": _nearest.axis_taps,
-    "bicubic": _cubic.axis_taps,
+    "bilinear": _linear.FAMILY,
+    "nearest": _nearest.FAMILY,
+    "bicubic": _cubic.FAMILY,
 }
 _TAPS_PER_AXIS = {"bilinear": 2, "nearest": 1, "bicubic": 4}
 
@@ -82,11 +82,11 @@ def _batched(kernel_fn, mode, padding_mode, align_corners, values_last=True):
   per-sample arrays already flattened to one point axis; it returns
   ``kernel_fn``'s results with a leading batch axis.
   """
-  axis_taps = INTERPOLATION_FAMILIES[mode]
+  family = INTERPOLATION_FAMILIES[mode]
 
   def one_sample(values, points, *extra):
     spatial_shape = values.shape[:-1] if values_last else values.shape[1:]
-    taps = _kernel.point_taps(axis_taps, points, spatial_shape, padding_mode, align_corners)
+    taps = _kernel.point_taps(family, points, spatial_shape, padding_mode, align_corners)
     return kernel_fn(values, taps, *extra)
 
   def batched(values, grid, *extra):
@@ -219,7 +219,7 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
   Returns:
     (grad_values (N, *spatial_in, C) channels-last, grad_points (N, P, ndim)).
   """
-  axis_taps = INTERPOLATION_FAMILIES[mode]
+  family = INTERPOLATION_FAMILIES[mode]
   spatial_shape = tuple(values.shape[1:-1] if channels_last else values.shape[2:])
   unrolled = _TAPS_PER_AXIS[mode]**len(spatial_shape) <= _kernel.GRAD_UNROLL_LIMIT
   # Scatter-adds write whole channel rows, so grad_values is channels-last.
@@ -238,8 +238,8 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
   # trilinear) it was 1.0-1.3x slower, so they keep the fused read.
   transpose_ahead = not channels_last and not unrolled
 
-  def one_sample(values, axes, grad_values, chunk_points, chunk_grad, chunk_grad_last):
-    taps = _kernel.PointTaps(axes, spatial_shape)
+  def one_sample(values, coordinates, grad_values, chunk_points, chunk_grad, chunk_grad_last):
+    taps = _kernel.taps_at(family, coordinates, spatial_shape, padding_mode, align_corners)
     grad_values = _kernel.add_grad_values(grad_values, taps, chunk_grad_last)
     if unrolled:
       chunk_grad_points = _kernel.grad_points_unrolled(values, taps, chunk_grad, chunk_points, channels_last)
@@ -255,21 +255,22 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
     return chunk_grad if channels_last else jnp.swapaxes(chunk_grad, 1, 2)
 
   def prepare(start, size):
-    # Only the arrays: a loop carry cannot hold PointTaps' static sizes.
+    # The chunk's coordinates (see ``_kernel.Family``), carried into the next
+    # iteration and expanded into taps there.
     chunk_points = jax.lax.dynamic_slice_in_dim(points, start, size, axis=1)
-    axes = jax.vmap(
-        lambda p: _kernel.point_taps(axis_taps, p, spatial_shape, padding_mode, align_corners).axes)(chunk_points)
-    return axes, (as_rows(chunk_of_grad(start, size)) if transpose_ahead else None)
+    coordinates = jax.vmap(
+        lambda p: _kernel.point_coordinates(family, p, spatial_shape, padding_mode, align_corners))(chunk_points)
+    return coordinates, (as_rows(chunk_of_grad(start, size)) if transpose_ahead else None)
 
   def one_chunk(start, size, prepared, carry):
-    axes, rows = prepared
+    coordinates, rows = prepared
     grad_values, grad_points = carry
     chunk_points = jax.lax.dynamic_slice_in_dim(points, start, size, axis=1)
     chunk_grad = chunk_of_grad(start, size)
     if rows is None:
       rows = as_rows(chunk_grad)
-    grad_values, chunk_grad_points = jax.vmap(one_sample)(values_read, axes, grad_values, chunk_points, chunk_grad,
-                                                          rows)
+    grad_values, chunk_grad_points = jax.vmap(one_sample)(values_read, coordinates, grad_values, chunk_points,
+                                                          chunk_grad, rows)
     return grad_values, jax.lax.dynamic_update_slice_in_dim(grad_points, chunk_grad_points, start, axis=1)
 
   grad_values = jnp.zeros((values.shape[0],) + spatial_shape + (values.shape[-1 if channels_last else 1],),

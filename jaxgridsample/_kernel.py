@@ -3,8 +3,9 @@
 Every mode PyTorch offers is separable: the taps of a sample point are the
 Cartesian product of per-axis taps, and a tap's weight is the product of its
 per-axis weights. An interpolation family (``_linear``, ``_nearest``,
-``_cubic``) therefore only describes one axis (:class:`AxisTaps`); this module
-combines the axes and does the memory work:
+``_cubic``) therefore only describes one axis (a :class:`Family`: a per-point
+coordinate, and the :class:`AxisTaps` it expands into); this module combines
+the axes and does the memory work:
 
 * forward: gather the taps and sum them with their weights;
 * backward, grad_input: scatter-add weight times incoming gradient to the taps
@@ -59,7 +60,25 @@ class AxisTaps(NamedTuple):
   slope: jnp.ndarray | None
 
 
-AxisTapsFn = Callable[..., AxisTaps]
+class Family(NamedTuple):
+  """An interpolation family along one axis, in two steps.
+
+  ``coordinate`` does the costly per-point work (unnormalise, sanitise, pad)
+  and returns a few (P,) arrays; ``taps`` expands them into :class:`AxisTaps`
+  with a floor and a few multiplies. The backward computes each chunk's
+  coordinates once, carries them through its loop, and expands them where
+  the taps are used: fwd+bwd 0.8-0.95x the time of carrying the expanded
+  (T, P) taps, which took six fusions that each redid the coordinate work.
+
+  Attributes:
+    coordinate: ``(g, size, padding_mode, align_corners, spatial_rank)`` ->
+      tuple of (P,) arrays, for grid values ``g`` of shape (P,).
+    taps: ``(coordinate, size, padding_mode, align_corners, spatial_rank)``
+      -> :class:`AxisTaps`.
+  """
+
+  coordinate: Callable[..., tuple[jnp.ndarray, ...]]
+  taps: Callable[..., AxisTaps]
 
 
 class TapTable(NamedTuple):
@@ -93,17 +112,31 @@ class PointTaps(NamedTuple):
   sizes: tuple[int, ...]
 
 
-def point_taps(axis_taps: AxisTapsFn, points, spatial_shape, padding_mode: str,
-               align_corners: bool) -> PointTaps:
-  """Computes the per-axis taps of ``points`` (P, ndim) for an input of ``spatial_shape``.
+def point_coordinates(family: Family, points, spatial_shape, padding_mode: str,
+                      align_corners: bool) -> tuple[tuple[jnp.ndarray, ...], ...]:
+  """``family.coordinate`` of ``points`` (P, ndim) per spatial axis, first spatial axis first.
 
   Grid component 0 is x (the last spatial axis), 1 is y, 2 is z (the first).
   """
   ndim = len(spatial_shape)
-  axes = tuple(
-      axis_taps(points[:, ndim - 1 - axis], size, padding_mode, align_corners, ndim)
+  return tuple(
+      family.coordinate(points[:, ndim - 1 - axis], size, padding_mode, align_corners, ndim)
       for axis, size in enumerate(spatial_shape))
-  return PointTaps(axes, tuple(spatial_shape))
+
+
+def taps_at(family: Family, coordinates, spatial_shape, padding_mode: str, align_corners: bool) -> PointTaps:
+  """Expands :func:`point_coordinates` into the taps of every point."""
+  ndim = len(spatial_shape)
+  return PointTaps(
+      tuple(family.taps(coordinate, size, padding_mode, align_corners, ndim)
+            for coordinate, size in zip(coordinates, spatial_shape)),
+      tuple(spatial_shape))
+
+
+def point_taps(family: Family, points, spatial_shape, padding_mode: str, align_corners: bool) -> PointTaps:
+  """The taps of ``points`` (P, ndim) for an input of ``spatial_shape``."""
+  coordinates = point_coordinates(family, points, spatial_shape, padding_mode, align_corners)
+  return taps_at(family, coordinates, spatial_shape, padding_mode, align_corners)
 
 
 def _inside(position, size: int):

@@ -14,11 +14,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from ._coordinates import pad_coordinate, sanitize, unnormalize
-from ._kernel import AxisTaps
+from ._kernel import AxisTaps, Family
 
 
-def axis_taps(g, size: int, padding_mode: str, align_corners: bool, spatial_rank: int) -> AxisTaps:
-  """Taps of linear interpolation along one axis.
+def axis_coordinate(g, size: int, padding_mode: str, align_corners: bool, spatial_rank: int):
+  """The padded pixel coordinate along one axis and its derivative.
 
   Args:
     g: grid values for this axis, shape ``(P,)``.
@@ -28,16 +28,30 @@ def axis_taps(g, size: int, padding_mode: str, align_corners: bool, spatial_rank
     spatial_rank: 2 or 3 (operation order of PyTorch's kernel for that rank).
 
   Returns:
-    AxisTaps with arrays of shape ``(2, P)``.
+    ``(p, multiplier)``, each ``(P,)``: the coordinate after padding and
+    ``dp/dg`` (zero for a non-finite grid value).
   """
   p, scale = unnormalize(g, size, align_corners, spatial_rank)
   p, finite = sanitize(p, size, padding_mode)
   p, padding_mult = pad_coordinate(p, size, padding_mode, align_corners, spatial_rank)
+  return p, jnp.where(finite, padding_mult * jnp.asarray(scale, p.dtype), 0)
+
+
+def axis_taps(coordinate, size: int, padding_mode: str, align_corners: bool, spatial_rank: int) -> AxisTaps:
+  """The two taps of every point from its :func:`axis_coordinate`.
+
+  Returns:
+    AxisTaps with arrays of shape ``(2, P)``.
+  """
+  del size, padding_mode, align_corners, spatial_rank  # all in the coordinate already
+  p, multiplier = coordinate
   west = jnp.floor(p)
   t = p - west
-  multiplier = jnp.where(finite, padding_mult * jnp.asarray(scale, p.dtype), 0)
   return AxisTaps(
       position=jnp.stack([west, west + 1]),
       weight=jnp.stack([1 - t, t]),
       slope=jnp.stack([-multiplier, multiplier]),
   )
+
+
+FAMILY = Family(axis_coordinate, axis_taps)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from ._coordinates import pad_coordinate, sanitize, unnormalize
-from ._kernel import AxisTaps
+from ._kernel import AxisTaps, Family
 
 
-def axis_taps(g, size: int, padding_mode: str, align_corners: bool, spatial_rank: int) -> AxisTaps:
-  """Taps of nearest-neighbour interpolation along one axis.
+def axis_coordinate(g, size: int, padding_mode: str, align_corners: bool, spatial_rank: int):
+  """The chosen pixel along one axis.
 
   Args:
     g: grid values for this axis, shape ``(P,)``.
@@ -26,13 +26,23 @@ def axis_taps(g, size: int, padding_mode: str, align_corners: bool, spatial_rank
     spatial_rank: 2 or 3 (operation order of PyTorch's kernel for that rank).
 
   Returns:
-    AxisTaps with arrays of shape ``(1, P)`` and ``slope=None``.
+    ``(position,)``: the padded coordinate rounded half to even, ``(P,)``.
   """
   p, _ = unnormalize(g, size, align_corners, spatial_rank)
   p, _ = sanitize(p, size, padding_mode)
   p, _ = pad_coordinate(p, size, padding_mode, align_corners, spatial_rank)
-  return AxisTaps(
-      position=jnp.round(p)[None],
-      weight=jnp.ones_like(p)[None],
-      slope=None,
-  )
+  return (jnp.round(p),)
+
+
+def axis_taps(coordinate, size: int, padding_mode: str, align_corners: bool, spatial_rank: int) -> AxisTaps:
+  """The one tap of every point from its :func:`axis_coordinate`.
+
+  Returns:
+    AxisTaps with arrays of shape ``(1, P)`` and ``slope=None``.
+  """
+  del size, padding_mode, align_corners, spatial_rank  # all in the coordinate already
+  (position,) = coordinate
+  return AxisTaps(position=position[None], weight=jnp.ones_like(position)[None], slope=None)
+
+
+FAMILY = Family(axis_coordinate, axis_taps)
