@@ -74,19 +74,23 @@ def _from_channels_last(x, channels_last: bool):
   return x if channels_last else jnp.moveaxis(x, -1, 1)
 
 
-def _batched(kernel_fn, mode, padding_mode, align_corners, values_last=True):
+def _batched(kernel_fn, mode, padding_mode, align_corners, values_last=True, materialize=False):
   """Lifts ``kernel_fn(values, taps, *extra)`` from one sample to a batch.
 
   The returned function takes values (channels-last (N, *spatial_in, C)
   unless ``values_last`` is False), grid (N, *spatial_out, ndim) and extra
   per-sample arrays already flattened to one point axis; it returns
-  ``kernel_fn``'s results with a leading batch axis.
+  ``kernel_fn``'s results with a leading batch axis. With ``materialize``,
+  each sample's coordinates are computed into buffers of their own first.
   """
   family = INTERPOLATION_FAMILIES[mode]
 
   def one_sample(values, points, *extra):
     spatial_shape = values.shape[:-1] if values_last else values.shape[1:]
-    taps = _kernel.point_taps(family, points, spatial_shape, padding_mode, align_corners)
+    coordinates = _kernel.point_coordinates(family, points, spatial_shape, padding_mode, align_corners)
+    if materialize:
+      coordinates = jax.tree.map(_kernel.materialized, coordinates)
+    taps = _kernel.taps_at(family, coordinates, spatial_shape, padding_mode, align_corners)
     return kernel_fn(values, taps, *extra)
 
   def batched(values, grid, *extra):
@@ -95,36 +99,32 @@ def _batched(kernel_fn, mode, padding_mode, align_corners, values_last=True):
   return batched
 
 
-# Where the forward computes each point's taps into buffers of their own
-# before the channels-first gather loop (``_kernel.materialized``) rather than
-# letting XLA repeat the coordinate arithmetic for every channel: 2-D
-# bilinear and nearest with at least 4 channels. Measured, interleaved A/B of
-# the forward: bilinear C = 4, 8, 16, 32 -> 0.75x, 0.50x, 0.84x, 0.72x;
-# reflection-padded downsampling 0.44x; nearest (C = 16) 0.56x. Slower, so
-# not done: bicubic (1.3-1.55x, C = 8 and 32), trilinear (1.3x), 3 channels
-# (1.3x): the extra pass costs more than the repeated arithmetic there.
-_MATERIALIZE_MODES = ("bilinear", "nearest")
-_MATERIALIZE_MIN_CHANNELS = 4
+# The forward computes each point's coordinates (``_kernel.Family``) into
+# buffers of their own (``_kernel.materialized``) before its gathers, rather
+# than letting XLA fuse the coordinate arithmetic into every tap's gather,
+# where it runs once per channel. Measured, interleaved A/B of the forward
+# against fusing: feature maps 0.91x, image (C = 3) 0.84x, reflection-padded
+# downsampling 0.70-0.95x, channels-last C = 32 0.88-0.91x, tricubic 0.79x,
+# trilinear and nearest 0.99-1.03x. Not for 2-D bicubic (0.97-1.19x): its
+# sixteen taps' expansion from carried positions costs more than it saves.
+# (Materialising the expanded taps instead, as before, paid off only for 2-D
+# bilinear and nearest with at least 4 channels.)
+def _materializes_coordinates(mode: str, ndim: int) -> bool:
+  return not (mode == "bicubic" and ndim == 2)
 
 
-def _forward(values, grid, mode, padding_mode, align_corners, channels_last, materialize=False):
-  """The forward of a batch.
-
-  ``materialize`` allows the taps to be computed into buffers of their own
-  (where measured faster); that step is not differentiable, so only the
-  primal bodies of the custom-derivative functions ask for it.
-  """
+def _forward(values, grid, mode, padding_mode, align_corners, channels_last):
+  """The forward of a batch."""
   dtype = compute_dtype(values.dtype, grid.dtype)
   values_c, grid_c = values.astype(dtype), grid.astype(dtype)
-  channels = values.shape[-1 if channels_last else 1]
-  materialize = (materialize and not channels_last and grid.shape[-1] == 2 and mode in _MATERIALIZE_MODES
-                 and channels >= _MATERIALIZE_MIN_CHANNELS)
+  materialize = _materializes_coordinates(mode, grid.shape[-1])
   if _TAPS_PER_AXIS[mode] ** grid.shape[-1] <= _kernel.UNROLL_LIMIT:
     # Few taps: gather tap by tap straight from the caller's layout.
-    kernel = functools.partial(_kernel.interpolate, channels_last=channels_last, materialize=materialize)
-    out = _batched(kernel, mode, padding_mode, align_corners, values_last=channels_last)(values_c, grid_c)
+    kernel = functools.partial(_kernel.interpolate, channels_last=channels_last)
+    out = _batched(kernel, mode, padding_mode, align_corners, values_last=channels_last,
+                   materialize=materialize)(values_c, grid_c)
     return _unflatten_output(out, grid.shape, channels_last).astype(values.dtype)
-  run = _batched(_kernel.interpolate_all_taps, mode, padding_mode, align_corners)
+  run = _batched(_kernel.interpolate_all_taps, mode, padding_mode, align_corners, materialize=materialize)
   out = run(_to_channels_last(values_c, channels_last), grid_c)
   out = _unflatten_output(out, grid.shape, channels_last=True)
   return _from_channels_last(out, channels_last).astype(values.dtype)
@@ -145,11 +145,11 @@ def sample(values, grid, mode, padding_mode, align_corners, channels_last):
   Returns:
     (N, C, *spatial_out), or (N, *spatial_out, C), with ``values``' dtype.
   """
-  return _forward(values, grid, mode, padding_mode, align_corners, channels_last, materialize=True)
+  return _forward(values, grid, mode, padding_mode, align_corners, channels_last)
 
 
 def _sample_fwd(values, grid, mode, padding_mode, align_corners, channels_last):
-  return _forward(values, grid, mode, padding_mode, align_corners, channels_last, materialize=True), (values, grid)
+  return _forward(values, grid, mode, padding_mode, align_corners, channels_last), (values, grid)
 
 
 # The backward walks the points in chunks whose temporaries, (N, taps, chunk,
@@ -317,7 +317,7 @@ def sample_forward_mode(values, grid, mode, padding_mode, align_corners, channel
   times the output's size) as a residual, where :func:`sample` keeps only
   the input and the grid.
   """
-  return _forward(values, grid, mode, padding_mode, align_corners, channels_last, materialize=True)
+  return _forward(values, grid, mode, padding_mode, align_corners, channels_last)
 
 
 @sample_forward_mode.defjvp

@@ -34,6 +34,7 @@ import itertools
 from collections.abc import Callable
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -285,6 +286,7 @@ def _read_all_taps(values_last, table: TapTable):
   return _mask(read, table.inside.T[..., None])
 
 
+@jax.custom_jvp
 def materialized(x):
   """``x`` unchanged, but computed into its own buffer by XLA's CPU backend.
 
@@ -293,8 +295,9 @@ def materialized(x):
   coordinate arithmetic C times. A reduce-window is never fused into its
   consumers; this one takes the maximum of each element and one padding
   value of -inf (a dilated base puts a hole after every element), which is
-  the element itself, NaN included. Not differentiable: for use inside
-  custom-derivative rules only.
+  the element itself, NaN included. A reduce-window of ``max`` has no
+  derivative rule of its own, so the identity's is given: the forward inside
+  ``jax.vjp`` is differentiated by grad-of-grad.
   """
   last = x.ndim - 1
   ones = (1,) * last
@@ -302,15 +305,14 @@ def materialized(x):
                            ((0, 0),) * last + ((0, 1),), base_dilation=ones + (2,))
 
 
-def interpolate(values, taps: PointTaps, channels_last: bool, materialize: bool = False):
-  """Forward, one gather per tap: (P, C) or (C, P). For at most 16 taps.
+@materialized.defjvp
+def _materialized_jvp(primals, tangents):
+  (x,), (dx,) = primals, tangents
+  return materialized(x), dx
 
-  With ``materialize``, the per-axis taps are computed once per point into
-  their own buffers before the gathers (:func:`materialized`).
-  """
-  if materialize:
-    taps = PointTaps(tuple(AxisTaps(materialized(a.position), materialized(a.weight), a.slope) for a in taps.axes),
-                     taps.sizes)
+
+def interpolate(values, taps: PointTaps, channels_last: bool):
+  """Forward, one gather per tap: (P, C) or (C, P). For at most 16 taps."""
   out = 0
   any_inside = None
   for tap in each_tap(taps):

@@ -54,6 +54,31 @@ def test_check_grads_second_order(mode, padding, align_corners, ndim):
   check_grads(f, (inp, grid), order=2, modes=["rev"], atol=1e-6, rtol=1e-6, eps=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_second_order_through_vjp_with_many_channels(mode, ndim):
+  """Grad of a loss on the forward's output and both first-order gradients, C = 6.
+
+  The forward computes the coordinates into buffers of their own, whose
+  reduce-window has no derivative rule of its own; grad-of-grad
+  differentiates that forward (it failed to linearise, once only for
+  C >= 4, which the parity cases with 1-3 channels never reached).
+  """
+  rng = np.random.default_rng(11)
+  in_spatial = (4, 5) if ndim == 2 else (3, 4, 3)
+  out_spatial = (3, 2) if ndim == 2 else (2, 2, 2)
+  inp = jnp.asarray(rng.standard_normal((2, 6) + in_spatial))
+  grid = jnp.asarray(np.stack([_smooth_grid(rng, in_spatial, out_spatial, True, inside=True) for _ in range(2)]))
+  cotangent = jnp.asarray(rng.standard_normal((2, 6) + out_spatial))
+
+  def loss(x, g):
+    out, vjp = jax.vjp(lambda a, b: grid_sample(a, b, mode, "border", True), x, g)
+    grad_x, grad_g = vjp(cotangent)
+    return jnp.sum(out**2) + jnp.sum(grad_x * x) + jnp.sum(grad_g**2)
+
+  check_grads(loss, (inp, grid), order=1, modes=["rev"], atol=1e-6, rtol=1e-6, eps=1e-6)
+
+
 @pytest.mark.parametrize("ndim", [2, 3])
 @pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
 def test_nearest_grid_gradient_is_zero_and_input_gradient_counts_hits(ndim, padding):

@@ -85,3 +85,18 @@ def test_pixel_centres_exactly(ndim, align_corners, dtype):
       ours = jax_grid_sample(inp, grid, grad_out, "bilinear", padding, align_corners)
       for field, value in expected.items():
         cases.assert_close(ours[field], value, dtype, what=f"size {size} {padding} {field}")
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS, ids=_id)
+def test_double_backward_with_many_channels(combination):
+  """The random cases have 1-3 channels; this one has 6, with hard points, float64."""
+  ndim, mode, padding, ac = combination
+  rng = np.random.default_rng(hash(combination) % 2**32)
+  case = cases.make_case(rng, ndim, mode, padding, ac, np.float64)
+  inp = rng.standard_normal(case["inp"].shape[:1] + (6,) + case["inp"].shape[2:])
+  grad_out = rng.standard_normal(case["grad_out"].shape[:1] + (6,) + case["grad_out"].shape[2:])
+  ddot = (rng.standard_normal(inp.shape), case["w"])
+  expected = torch_oracle.torch_grid_sample(inp, case["grid"], grad_out, mode, padding, ac, ddot=ddot)
+  ours = jax_grid_sample(inp, case["grid"], grad_out, mode, padding, ac, ddot=ddot)
+  for field, value in expected.items():
+    cases.assert_close(ours[field], value, np.float64, what=field)
