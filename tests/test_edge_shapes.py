@@ -163,28 +163,45 @@ BIG_CONFIGS = [(2, "bilinear", "zeros"), (2, "nearest", "border"), (2, "bicubic"
                (3, "bilinear", "reflection"), (3, "nearest", "zeros"), (3, "bicubic", "border")]
 
 
-@pytest.mark.parametrize("ndim,mode,padding_mode", BIG_CONFIGS)
-def test_far_corner_of_a_huge_input_reads_correctly(ndim, mode, padding_mode):
+def _huge_case(ndim):
+  """The input shape, and grids (x first) for it and for its far-corner crop."""
   size = BIG_2D if ndim == 2 else BIG_3D
   shape = (1, 1) + (size,) * ndim
   assert np.prod(shape, dtype=np.int64) > 2**31
   pixels = _far_corner_pixels(size, ndim)
   # float64 grids keep the coordinates exact enough at 46341 pixels (the input is float32).
   grid_shape = (1, len(pixels)) + (1,) * (ndim - 1) + (ndim,)
-  big_grid = _normalise(pixels, size).reshape(grid_shape)
-  crop_grid = _normalise(pixels - (size - CROP), CROP).reshape(grid_shape)
+  return shape, _normalise(pixels, size).reshape(grid_shape), _normalise(pixels - (size - CROP), CROP).reshape(grid_shape)
+
+
+def _compile_lean(fn, *args):
+  """``fn`` compiled, or a skip when XLA would materialise the huge iota input."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  temp_bytes = compiled.memory_analysis().temp_size_in_bytes
+  if temp_bytes > 2**20:
+    pytest.skip(f"XLA did not fuse the iota input into the gathers: running would need {temp_bytes} bytes")
+  return compiled
+
+
+@pytest.mark.parametrize("ndim,mode,padding_mode", BIG_CONFIGS)
+def test_far_corner_of_a_huge_input_reads_correctly(ndim, mode, padding_mode):
+  shape, big_grid, crop_grid = _huge_case(ndim)
+  size = shape[-1]
+  compiled = _compile_lean(lambda grid: grid_sample(_iota_input(shape), grid, mode, padding_mode, True), big_grid)
+  expected = grid_sample(_crop_input(size, ndim), crop_grid, mode, padding_mode, True)
+  np.testing.assert_allclose(np.asarray(compiled(big_grid)), np.asarray(expected), rtol=1e-6, atol=1e-3)
+
+
+@pytest.mark.parametrize("ndim,mode,padding_mode", BIG_CONFIGS)
+def test_far_corner_of_a_huge_input_gives_the_grid_gradient(ndim, mode, padding_mode):
+  shape, big_grid, crop_grid = _huge_case(ndim)
+  size = shape[-1]
 
   def sample(grid, inp):
     out, vjp = jax.vjp(lambda g: grid_sample(inp, g, mode, padding_mode, True), grid)
     return out, vjp(jnp.ones(out.shape, out.dtype))[0]
 
-  def sample_huge(grid):
-    return sample(grid, _iota_input(shape))
-
-  compiled = jax.jit(sample_huge).lower(big_grid).compile()
-  temp_bytes = compiled.memory_analysis().temp_size_in_bytes
-  if temp_bytes > 2**20:
-    pytest.skip(f"XLA did not fuse the iota input into the gathers: running would need {temp_bytes} bytes")
+  compiled = _compile_lean(lambda grid: sample(grid, _iota_input(shape)), big_grid)
   out, grad_grid = compiled(big_grid)
   expected_out, expected_grad = jax.jit(sample)(crop_grid, _crop_input(size, ndim))
   np.testing.assert_allclose(np.asarray(out), np.asarray(expected_out), rtol=1e-6, atol=1e-3)
