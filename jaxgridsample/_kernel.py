@@ -347,13 +347,28 @@ def grad_points_unrolled(values, taps: PointTaps, grad_out, points, channels_las
     read = _read_tap(values, tap, channels_last)
     for axis, slope in enumerate(tap.slopes):
       derivatives[axis] = derivatives[axis] + per_point(slope, channels_last) * read
-  # One variadic reduction over channels for all axes. XLA's CPU backend
-  # hands a plain sum to a library kernel that needs its operands
-  # materialised (each tap's gather on its own); this one it emits itself,
-  # with the gathers fused in.
-  zero = jnp.zeros((), values.dtype)
-  per_axis = lax.reduce(tuple(grad_out * d for d in derivatives), (zero,) * len(derivatives),
-                        lambda a, b: tuple(x + y for x, y in zip(a, b)), (1 if channels_last else 0,))
+  channel_axis = 1 if channels_last else 0
+  if len(derivatives) == 2:
+    # Both axes as one complex number, summed over channels by one
+    # single-output reduction with the gathers fused in: grid gradient alone
+    # 0.7-0.9x the time of the variadic reduction below (bilinear, C = 3 to
+    # 32). Multiplying by the real incoming gradient adds ``dy * 0`` to
+    # ``dx * g`` (and ``dx * 0`` to ``dy * g``), which is exact unless the
+    # other component is non-finite; that happens only where an input value
+    # at one of the taps is, and then both components are already non-finite
+    # (as in ATen: every tap enters both), though one may be NaN where ATen
+    # has an infinity.
+    both = jnp.sum(lax.complex(derivatives[0], derivatives[1]) * grad_out, axis=channel_axis)
+    per_axis = (jnp.real(both), jnp.imag(both))
+  else:
+    # One variadic reduction over channels for all axes. XLA's CPU backend
+    # hands a plain sum to a library kernel that needs its operands
+    # materialised (each tap's gather on its own); this one it emits itself,
+    # with the gathers fused in. (The complex form above, or a complex pair
+    # plus a real sum, was no faster for three axes.)
+    zero = jnp.zeros((), values.dtype)
+    per_axis = lax.reduce(tuple(grad_out * d for d in derivatives), (zero,) * len(derivatives),
+                          lambda a, b: tuple(x + y for x, y in zip(a, b)), (channel_axis,))
   return jnp.stack(per_axis[::-1], axis=-1)
 
 
