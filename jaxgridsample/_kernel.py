@@ -65,15 +65,16 @@ class Family(NamedTuple):
   """An interpolation family along one axis, in two steps.
 
   ``coordinate`` does the costly per-point work (unnormalise, sanitise, pad)
-  and returns a few (P,) arrays; ``taps`` expands them into :class:`AxisTaps`
-  with a floor and a few multiplies. The backward computes each chunk's
+  and returns a few per-point arrays; ``taps`` expands them into
+  :class:`AxisTaps` with a floor and a few multiplies. The backward computes each chunk's
   coordinates once, carries them through its loop, and expands them where
   the taps are used: fwd+bwd 0.8-0.95x the time of carrying the expanded
   (T, P) taps, which took six fusions that each redid the coordinate work.
 
   Attributes:
     coordinate: ``(g, size, padding_mode, align_corners, spatial_rank)`` ->
-      tuple of (P,) arrays, for grid values ``g`` of shape (P,).
+      tuple of arrays whose last axis is the point axis (mostly (P,)), for
+      grid values ``g`` of shape (P,).
     taps: ``(coordinate, size, padding_mode, align_corners, spatial_rank)``
       -> :class:`AxisTaps`.
   """
@@ -132,12 +133,6 @@ def taps_at(family: Family, coordinates, spatial_shape, padding_mode: str, align
       tuple(family.taps(coordinate, size, padding_mode, align_corners, ndim)
             for coordinate, size in zip(coordinates, spatial_shape)),
       tuple(spatial_shape))
-
-
-def point_taps(family: Family, points, spatial_shape, padding_mode: str, align_corners: bool) -> PointTaps:
-  """The taps of ``points`` (P, ndim) for an input of ``spatial_shape``."""
-  coordinates = point_coordinates(family, points, spatial_shape, padding_mode, align_corners)
-  return taps_at(family, coordinates, spatial_shape, padding_mode, align_corners)
 
 
 def _inside(position, size: int):
