@@ -164,14 +164,16 @@ BIG_CONFIGS = [(2, "bilinear", "zeros"), (2, "nearest", "border"), (2, "bicubic"
 
 
 def _huge_case(ndim):
-  """The input shape, and grids (x first) for it and for its far-corner crop."""
+  """The input shape and size, and grids (x first) for it and for its far-corner crop."""
   size = BIG_2D if ndim == 2 else BIG_3D
   shape = (1, 1) + (size,) * ndim
   assert np.prod(shape, dtype=np.int64) > 2**31
   pixels = _far_corner_pixels(size, ndim)
   # float64 grids keep the coordinates exact enough at 46341 pixels (the input is float32).
   grid_shape = (1, len(pixels)) + (1,) * (ndim - 1) + (ndim,)
-  return shape, _normalise(pixels, size).reshape(grid_shape), _normalise(pixels - (size - CROP), CROP).reshape(grid_shape)
+  big_grid = _normalise(pixels, size).reshape(grid_shape)
+  crop_grid = _normalise(pixels - (size - CROP), CROP).reshape(grid_shape)
+  return shape, size, big_grid, crop_grid
 
 
 def _compile_lean(fn, *args):
@@ -185,8 +187,7 @@ def _compile_lean(fn, *args):
 
 @pytest.mark.parametrize("ndim,mode,padding_mode", BIG_CONFIGS)
 def test_far_corner_of_a_huge_input_reads_correctly(ndim, mode, padding_mode):
-  shape, big_grid, crop_grid = _huge_case(ndim)
-  size = shape[-1]
+  shape, size, big_grid, crop_grid = _huge_case(ndim)
   compiled = _compile_lean(lambda grid: grid_sample(_iota_input(shape), grid, mode, padding_mode, True), big_grid)
   expected = grid_sample(_crop_input(size, ndim), crop_grid, mode, padding_mode, True)
   np.testing.assert_allclose(np.asarray(compiled(big_grid)), np.asarray(expected), rtol=1e-6, atol=1e-3)
@@ -194,8 +195,7 @@ def test_far_corner_of_a_huge_input_reads_correctly(ndim, mode, padding_mode):
 
 @pytest.mark.parametrize("ndim,mode,padding_mode", BIG_CONFIGS)
 def test_far_corner_of_a_huge_input_gives_the_grid_gradient(ndim, mode, padding_mode):
-  shape, big_grid, crop_grid = _huge_case(ndim)
-  size = shape[-1]
+  shape, size, big_grid, crop_grid = _huge_case(ndim)
 
   def sample(grid, inp):
     out, vjp = jax.vjp(lambda g: grid_sample(inp, g, mode, padding_mode, True), grid)
