@@ -113,14 +113,42 @@ def _materializes_coordinates(mode: str, ndim: int) -> bool:
   return not (mode == "bicubic" and ndim == 2)
 
 
+# With at most 4 taps (2-D bilinear, nearest), the forward also computes the
+# taps into buffers, as flat pixel indices and weights (``_kernel.FlatTaps``),
+# so each channel's read of a tap is a load and a multiply-add. That writes
+# and reads K (index, weight) pairs per point, which pays off once enough
+# channels share them. Measured, interleaved A/B of the forward against
+# expanding the coordinates per channel: feature maps 0.76-0.79x, nearest
+# (C = 16) 0.54-0.60x, 3-D nearest 0.56-0.69x, nearest with C = 3 0.64-0.90x,
+# downsampling 0.75-0.87x; but bilinear with C = 3 1.3-1.6x (image), and
+# trilinear (8 taps) 1.06-1.17x.
+_FLAT_TAPS_LIMIT = 4
+_FLAT_TAPS_MIN_CHANNELS = {"bilinear": 4, "nearest": 1}
+
+
+def _reads_flat_taps(mode: str, spatial_shape, channels: int) -> bool:
+  return (_TAPS_PER_AXIS[mode]**len(spatial_shape) <= _FLAT_TAPS_LIMIT
+          and channels >= _FLAT_TAPS_MIN_CHANNELS[mode]
+          and math.prod(spatial_shape) < 2**31)  # flat int32 indices
+
+
+def _interpolate_flat(values, taps, channels_last):
+  flat = jax.tree.map(_kernel.materialized, _kernel.flat_taps(taps))
+  return _kernel.interpolate_flat(values, flat, channels_last)
+
+
 def _forward(values, grid, mode, padding_mode, align_corners, channels_last):
   """The forward of a batch."""
   dtype = compute_dtype(values.dtype, grid.dtype)
   values_c, grid_c = values.astype(dtype), grid.astype(dtype)
   materialize = _materializes_coordinates(mode, grid.shape[-1])
+  spatial_shape = values.shape[1:-1] if channels_last else values.shape[2:]
+  channels = values.shape[-1 if channels_last else 1]
   if _TAPS_PER_AXIS[mode] ** grid.shape[-1] <= _kernel.UNROLL_LIMIT:
     # Few taps: gather tap by tap straight from the caller's layout.
-    kernel = functools.partial(_kernel.interpolate, channels_last=channels_last)
+    interpolate = (_interpolate_flat if _reads_flat_taps(mode, spatial_shape, channels)
+                   else _kernel.interpolate)
+    kernel = functools.partial(interpolate, channels_last=channels_last)
     out = _batched(kernel, mode, padding_mode, align_corners, values_last=channels_last,
                    materialize=materialize)(values_c, grid_c)
     return _unflatten_output(out, grid.shape, channels_last).astype(values.dtype)
