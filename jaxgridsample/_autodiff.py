@@ -118,8 +118,9 @@ def _materializes_coordinates(mode: str, ndim: int) -> bool:
 # so each channel's read of a tap is a load and a multiply-add. That writes
 # and reads K (index, weight) pairs per point, which pays off once enough
 # channels share them. Measured, interleaved A/B of the forward against
-# expanding the coordinates per channel: feature maps 0.76-0.79x, nearest
-# (C = 16) 0.54-0.60x, 3-D nearest 0.56-0.69x, nearest with C = 3 0.64-0.90x,
+# expanding the coordinates per channel: feature maps (C = 32) 0.76-0.92x,
+# C = 16 0.71-0.74x, C = 8 0.82-0.83x, C = 4 0.61-1.0x, nearest (C = 16)
+# 0.54-0.66x, 3-D nearest 0.56-0.73x, nearest with C = 3 0.64-0.90x,
 # downsampling 0.75-0.87x; but bilinear with C = 3 1.3-1.6x (image), and
 # trilinear (8 taps) 1.06-1.17x.
 _FLAT_TAPS_LIMIT = 4

@@ -316,9 +316,10 @@ def materialized(x):
   coordinate arithmetic C times. A reduce-window is never fused into its
   consumers; this one takes the maximum of each element and one padding
   value of -inf, or the lowest integer (a dilated base puts a hole after
-  every element), which is the element itself, NaN included. A reduce-window of ``max`` has no
-  derivative rule of its own, so the identity's is given: the forward inside
-  ``jax.vjp`` is differentiated by grad-of-grad.
+  every element), which is the element itself, NaN included. A
+  reduce-window of ``max`` has no derivative rule of its own, so the
+  identity's is given: the forward inside ``jax.vjp`` is differentiated by
+  grad-of-grad.
   """
   last = x.ndim - 1
   ones = (1,) * last
