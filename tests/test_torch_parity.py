@@ -87,6 +87,20 @@ def test_pixel_centres_exactly(ndim, align_corners, dtype):
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS, ids=_id)
+def test_many_channels_in_float32(combination):
+  """6 channels put 2-D bilinear on the forward's flat-index reads (4 channels or more), float32."""
+  ndim, mode, padding, ac = combination
+  rng = np.random.default_rng(cases.stable_seed("float32", *combination))
+  case = cases.make_case(rng, ndim, mode, padding, ac, np.float32)
+  inp = rng.standard_normal(case["inp"].shape[:1] + (6,) + case["inp"].shape[2:]).astype(np.float32)
+  grad_out = rng.standard_normal(case["grad_out"].shape[:1] + (6,) + case["grad_out"].shape[2:]).astype(np.float32)
+  expected = torch_oracle.torch_grid_sample(inp, case["grid"], grad_out, mode, padding, ac)
+  ours = jax_grid_sample(inp, case["grid"], grad_out, mode, padding, ac)
+  for field, value in expected.items():
+    cases.assert_close(ours[field], value, np.float32, what=field)
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS, ids=_id)
 def test_double_backward_with_many_channels(combination):
   """The random cases have 1-3 channels; this one has 6, with hard points, float64."""
   ndim, mode, padding, ac = combination

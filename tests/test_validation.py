@@ -186,16 +186,17 @@ def test_valid_calls_from_pytorch_error_checking_pass():
 # channels_last=True is the channels-first computation with the channel axis moved.
 
 
+@pytest.mark.parametrize("channels", (3, 5))  # 2-D bilinear reads taps by flat index from 4 channels on
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("ndim", (2, 3))
-def test_channels_last_matches_channels_first(ndim, mode):
+def test_channels_last_matches_channels_first(ndim, mode, channels):
   padding_mode = PADDINGS[(ndim + MODES.index(mode)) % 3]
   align_corners = MODES.index(mode) % 2 == 0
-  rng = np.random.default_rng(ndim * 10 + MODES.index(mode))
+  rng = np.random.default_rng(ndim * 10 + MODES.index(mode) + 100 * (channels - 3))
   spatial_in = (3, 4, 5)[-ndim:]
-  inp = rng.standard_normal((2, 3) + spatial_in).astype(np.float64)
+  inp = rng.standard_normal((2, channels) + spatial_in).astype(np.float64)
   grid = rng.uniform(-1.3, 1.3, (2,) + (2, 3, 2)[-ndim:] + (ndim,)).astype(np.float64)
-  cotangent = rng.standard_normal((2, 3) + grid.shape[1:-1]).astype(np.float64)
+  cotangent = rng.standard_normal((2, channels) + grid.shape[1:-1]).astype(np.float64)
   last = (0,) + tuple(range(2, ndim + 2)) + (1,)  # channels-first to channels-last
 
   @jax.jit
@@ -210,7 +211,7 @@ def test_channels_last_matches_channels_first(ndim, mode):
     return results
 
   (out, grad_input, grad_grid), (out_cl, grad_input_cl, grad_grid_cl) = both(inp, grid, cotangent)
-  assert out_cl.shape == (2,) + grid.shape[1:-1] + (3,)
+  assert out_cl.shape == (2,) + grid.shape[1:-1] + (channels,)
   assert grad_input_cl.shape == tuple(inp.shape[i] for i in last)
   np.testing.assert_allclose(np.asarray(out_cl), np.transpose(np.asarray(out), last), rtol=1e-13, atol=1e-13)
   np.testing.assert_allclose(np.asarray(grad_input_cl), np.transpose(np.asarray(grad_input), last),
