@@ -281,16 +281,21 @@ def _mask(read, inside):
   return jnp.where(inside, read, jnp.zeros((), read.dtype))
 
 
-def _read_tap(values, tap: Tap, channels_last: bool):
-  """Values of one tap at every point, (P, C) or (C, P); zero outside the input."""
-  ndim = len(tap.index)
+def _read(values, index, inside, channels_last: bool):
+  """Values at per-axis pixel ``index`` (P,) arrays, (P, C) or (C, P); zero where not ``inside``."""
+  ndim = len(index)
   spatial = tuple(range(ndim)) if channels_last else tuple(range(1, ndim + 1))
   dims = lax.GatherDimensionNumbers(offset_dims=(1,) if channels_last else (0,), collapsed_slice_dims=spatial,
                                     start_index_map=spatial)
   slice_sizes = (1,) * ndim + values.shape[-1:] if channels_last else values.shape[:1] + (1,) * ndim
-  indices = jnp.stack(tap.index, axis=-1)
+  indices = jnp.stack(index, axis=-1)
   read = lax.gather(values, indices, dims, slice_sizes, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
-  return _mask(read, per_point(tap.inside, channels_last))
+  return _mask(read, per_point(inside, channels_last))
+
+
+def _read_tap(values, tap: Tap, channels_last: bool):
+  """Values of one tap at every point, (P, C) or (C, P); zero outside the input."""
+  return _read(values, tap.index, tap.inside, channels_last)
 
 
 def _point_major(index):
@@ -359,18 +364,12 @@ def interpolate_flat(values, flat: FlatTaps, channels_last: bool):
   """
   channels = values.shape[-1] if channels_last else values.shape[0]
   pixels = math.prod(values.shape[:-1] if channels_last else values.shape[1:])
-  # (pixels, C) rows or (C, pixels) columns, read one whole slice per index.
+  # One spatial axis: (pixels, C) or (C, pixels).
   flat_values = values.reshape((pixels, channels) if channels_last else (channels, pixels))
-  pixel_axis = 0 if channels_last else 1
-  dims = lax.GatherDimensionNumbers(offset_dims=(1 - pixel_axis,), collapsed_slice_dims=(pixel_axis,),
-                                    start_index_map=(pixel_axis,))
-  slice_sizes = (1, channels) if channels_last else (channels, 1)
   out = 0
   for k in range(flat.index.shape[0]):
     index = flat.index[k]
-    read = lax.gather(flat_values, jnp.maximum(index, 0)[:, None], dims, slice_sizes,
-                      mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
-    read = _mask(read, per_point(index >= 0, channels_last))
+    read = _read(flat_values, (jnp.maximum(index, 0),), index >= 0, channels_last)
     out = out + (read if flat.weight is None else per_point(flat.weight[k], channels_last) * read)
   return out
 
