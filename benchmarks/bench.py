@@ -5,8 +5,8 @@ Run from the repository root::
   python benchmarks/bench.py            # full run, a few minutes
   python benchmarks/bench.py --quick    # small shapes, few repetitions (< ~60 s)
 
-Every workload times, in one process and interleaved round-robin within each
-repetition, six competitors:
+Every workload times, in one process and interleaved in a shuffled order
+within each repetition, six competitors:
 
 * ``jgs fwd``: ``jaxgridsample.grid_sample`` forward, jit-compiled;
 * ``jgs f+b``: ``jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))`` with
@@ -194,6 +194,7 @@ def environment(num_threads: int) -> dict:
       "torch_num_threads": num_threads,
       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
       "block_calls": BLOCK_CALLS,
+      "pause_s": PAUSE_S,
       "jaxgridsample": library_version(),
       "baseline_layout_arg": _FORWARD_HAS_LAYOUT,
       "load_average_start": load_average(),
@@ -330,32 +331,43 @@ def build_competitors(input_shape, out_spatial, mode, padding_mode, align_corner
 # timed call follows a call of its own library, as in a real program.
 BLOCK_CALLS = 3
 
+# A short sleep before each block lets the previous competitor's spinning
+# threads park. Besides, the order of the competitors is shuffled afresh in
+# every repetition. With a fixed cyclic order (rotating only the starting
+# competitor) each one nearly always followed the same neighbour, and the
+# "base" forward, the very same compiled program as ours, read 0.56-0.98x of
+# our forward's median; shuffled with the pause, it reads 0.99-1.06x.
+PAUSE_S = 0.02
 
-def time_interleaved(callables: dict[str, Callable], repeats: int, warmup: int) -> dict[str, list[float]]:
-  """Times every callable ``repeats`` times, round-robin within each repetition.
 
-  Within a repetition each competitor runs ``BLOCK_CALLS`` times in a row and
-  only the last call is timed (see ``BLOCK_CALLS``). The starting competitor
-  rotates from one repetition to the next so that none always runs right
-  after the same neighbour. Returns seconds per call.
+def time_interleaved(callables: dict[str, Callable], repeats: int, warmup: int,
+                     seed: int) -> dict[str, list[float]]:
+  """Times every callable ``repeats`` times, in a shuffled order within each repetition.
+
+  Within a repetition each competitor sleeps ``PAUSE_S``, then runs
+  ``BLOCK_CALLS`` times in a row, and only the last call is timed (see
+  ``BLOCK_CALLS``). The order is a fresh random permutation (from ``seed``)
+  in every repetition, so that no competitor systematically follows another.
+  Returns seconds per call.
   """
   names = list(callables)
   for _ in range(warmup):
     for name in names:
       callables[name]()
+  rng = np.random.default_rng(seed)
   samples = {name: [] for name in names}
   gc_was_enabled = gc.isenabled()
   gc.disable()
   try:
-    for rep in range(repeats):
-      shift = rep % len(names)
-      for name in names[shift:] + names[:shift]:
-        fn = callables[name]
+    for _ in range(repeats):
+      for index in rng.permutation(len(names)):
+        fn = callables[names[index]]
+        time.sleep(PAUSE_S)
         for _ in range(BLOCK_CALLS - 1):
           fn()
         start = time.perf_counter()
         fn()
-        samples[name].append(time.perf_counter() - start)
+        samples[names[index]].append(time.perf_counter() - start)
   finally:
     if gc_was_enabled:
       gc.enable()
@@ -378,7 +390,7 @@ def run_workload(w: Workload, repeats: int, warmup: int, seed: int) -> dict:
       w.input_shape, w.out_spatial, w.mode, w.padding_mode, w.align_corners, w.grid_range, seed,
       with_baseline=True)
   input_grid_bytes = checks.pop("input_grid_bytes")
-  samples = time_interleaved(callables, repeats, warmup)
+  samples = time_interleaved(callables, repeats, warmup, seed)
   times = {name: summarise(samples[name]) for name in WORKLOAD_COMPETITORS}
   med = {name: t["median_ms"] for name, t in times.items()}
   ratios = {
@@ -398,7 +410,7 @@ def run_scaling(sweeps: dict, repeats: int, warmup: int, seed: int) -> dict:
     for label, input_shape, out_spatial in configs:
       callables, _, _, checks = build_competitors(input_shape, out_spatial, "bilinear", "zeros", False, 1.1,
                                                    seed, with_baseline=False)
-      samples = time_interleaved(callables, repeats, warmup)
+      samples = time_interleaved(callables, repeats, warmup, seed)
       times = {name: summarise(samples[name]) for name in SCALING_COMPETITORS}
       points = input_shape[0] * math.prod(out_spatial)
       rows.append({"label": label, "input_shape": input_shape, "out_spatial": out_spatial,
@@ -448,8 +460,9 @@ def render(env: dict, args: argparse.Namespace, workloads: list[dict], scaling: 
       f" torch.set_num_threads({env['torch_num_threads']});"
       f" OMP_WAIT_POLICY {env.get('omp_wait_policy') or 'unset (the default)'}",
       f"- load average (1, 5, 15 min): start {env['load_average_start']}, end {env.get('load_average_end')}",
-      f"- repetitions: {args.repeats} (interleaved round-robin in blocks of {env.get('block_calls', 1)} calls,"
-      f" the last one timed; medians), warm-up {args.warmup};"
+      f"- repetitions: {args.repeats} (interleaved in a shuffled order, blocks of {env.get('block_calls', 1)}"
+      f" calls after a {env.get('pause_s', 0) * 1e3:.0f} ms pause, the last call timed; medians),"
+      f" warm-up {args.warmup};"
       " float32; times in ms",
       "",
   ]
