@@ -130,7 +130,7 @@ _FLAT_TAPS_MIN_CHANNELS = {"bilinear": 4, "nearest": 1}
 def _reads_flat_taps(mode: str, spatial_shape, channels: int) -> bool:
   return (_TAPS_PER_AXIS[mode]**len(spatial_shape) <= _FLAT_TAPS_LIMIT
           and channels >= _FLAT_TAPS_MIN_CHANNELS[mode]
-          and math.prod(spatial_shape) < 2**31)  # flat int32 indices
+          and math.prod(spatial_shape) < _kernel.FLAT_INDEX_LIMIT)
 
 
 def _interpolate_flat(values, taps, channels_last):
@@ -267,14 +267,14 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
   # trilinear) it was 1.0-1.3x slower, so they keep the fused read.
   transpose_ahead = not channels_last and not unrolled
 
-  def one_sample(values, coordinates, grad_values, chunk_points, chunk_grad, chunk_grad_last):
+  def one_sample(values, coordinates, chunk_points, chunk_grad, chunk_grad_last):
     taps = _kernel.taps_at(family, coordinates, spatial_shape, padding_mode, align_corners)
-    grad_values = _kernel.add_grad_values(grad_values, taps, chunk_grad_last)
+    scatter = _kernel.grad_values_updates(taps, chunk_grad_last)
     if unrolled:
       chunk_grad_points = _kernel.grad_points_unrolled(values, taps, chunk_grad, chunk_points, channels_last)
     else:
       chunk_grad_points = _kernel.grad_points(values, taps, chunk_grad_last, chunk_points)
-    return grad_values, chunk_grad_points
+    return scatter, chunk_grad_points
 
   def chunk_of_grad(start, size):
     return jax.lax.dynamic_slice_in_dim(grad_out, start, size, axis=point_axis)
@@ -298,8 +298,9 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
     chunk_grad = chunk_of_grad(start, size)
     if rows is None:
       rows = as_rows(chunk_grad)
-    grad_values, chunk_grad_points = jax.vmap(one_sample)(values_read, coordinates, grad_values, chunk_points,
-                                                          chunk_grad, rows)
+    # The scatter-add runs on the whole batch at once (``scatter_add_rows``).
+    scatter, chunk_grad_points = jax.vmap(one_sample)(values_read, coordinates, chunk_points, chunk_grad, rows)
+    grad_values = _kernel.scatter_add_rows(grad_values, *scatter)
     return grad_values, jax.lax.dynamic_update_slice_in_dim(grad_points, chunk_grad_points, start, axis=1)
 
   grad_values = jnp.zeros((values.shape[0],) + spatial_shape + (values.shape[-1 if channels_last else 1],),

@@ -242,14 +242,24 @@ def tap_table(taps: PointTaps) -> TapTable:
   return TapTable(index, _masked_product(weights, inside), slopes, inside)
 
 
+# Flat pixel indices are int32: arrays of this many pixels or more are
+# indexed per axis instead.
+FLAT_INDEX_LIMIT = 2**31
+
+
 def flat_taps(taps: PointTaps) -> FlatTaps:
-  """All taps as flat pixel indices (at most ``2**31 - 1`` pixels)."""
+  """All taps as flat pixel indices (fewer than ``FLAT_INDEX_LIMIT`` pixels)."""
   table = tap_table(taps)
-  flat = table.index[0]
-  for index, size in zip(table.index[1:], taps.sizes[1:]):
-    flat = flat * size + index
   weight = None if taps.axes[0].slope is None else table.weight
-  return FlatTaps(jnp.where(table.inside, flat, -1), weight)
+  return FlatTaps(jnp.where(table.inside, row_major(table.index, taps.sizes), -1), weight)
+
+
+def row_major(index, sizes):
+  """The flat row-major offset of per-axis ``index`` arrays into ``sizes``."""
+  flat = index[0]
+  for axis_index, size in zip(index[1:], sizes[1:]):
+    flat = flat * size + axis_index
+  return flat
 
 
 # Two ways to read taps, each where XLA's CPU backend does it fastest:
@@ -445,23 +455,53 @@ def spatial_gradient(values, taps: PointTaps):
   return jnp.stack([jnp.einsum("kp,pkc->pc", slope, reads) for slope in table.slopes[::-1]])
 
 
-def add_grad_values(accumulator, taps: PointTaps, grad_out):
-  """grad_input: scatter-adds ``weight * grad_out`` to every tap inside the input.
+def grad_values_updates(taps: PointTaps, grad_out):
+  """grad_input's contributions of P points, for :func:`scatter_add_rows`.
 
   Args:
-    accumulator: (*spatial_in, C) gradient so far, channels-last.
     taps: the taps of P points.
     grad_out: (P, C) incoming gradient of those points.
 
   Returns:
-    ``accumulator`` plus these points' contributions.
+    (index, updates): per spatial axis a (P, K) int32 pixel index, and
+    (P, K, C) ``weight * grad_out``, zero for taps outside the input.
   """
   table = tap_table(taps)
   # A select, not just the zero weight: a tap outside the input writes to a
   # clamped index, where 0 * inf (a non-finite incoming gradient) would leave
   # a NaN that ATen never writes (it skips such taps).
   updates = _mask(table.weight.T[..., None] * grad_out[:, None, :], table.inside.T[..., None])
-  return accumulator.at[_point_major(table.index)].add(updates, mode="promise_in_bounds")
+  return _point_major(table.index), updates
+
+
+def scatter_add_rows(accumulator, index, updates):
+  """Adds channel rows into a batch of channels-last accumulators.
+
+  XLA's CPU backend runs a scatter-add with one flat row index faster than
+  one with the batch's and each axis's index: the scatter alone took
+  0.55x the time at C = 1 and 0.75x at C = 3 (random taps); forward+backward
+  0.84-0.95x on the benchmark workloads, 0.62x tricubic. Batches of
+  ``FLAT_INDEX_LIMIT`` pixels or more keep per-axis indices.
+
+  Args:
+    accumulator: (N, *spatial_in, C).
+    index: per spatial axis, (N, P, K) int32 pixel index.
+    updates: (N, P, K, C).
+
+  Returns:
+    ``accumulator`` with ``updates`` added at ``index``.
+  """
+  batch, spatial, channels = accumulator.shape[0], accumulator.shape[1:-1], accumulator.shape[-1]
+  pixels = math.prod(spatial)
+  if batch * pixels >= FLAT_INDEX_LIMIT:
+    batch_index = lax.broadcasted_iota(jnp.int32, index[0].shape, 0)
+    return accumulator.at[(batch_index, *index)].add(updates, mode="promise_in_bounds")
+  # (N, 1, 1) offsets: the batch index becomes part of the flat row index.
+  flat = row_major(index, spatial) + (jnp.arange(batch, dtype=jnp.int32) * pixels)[:, None, None]
+  rows = accumulator.reshape(batch * pixels, channels)
+  # Explicit sizes: C may be 0.
+  rows = rows.at[flat.reshape(flat.size)].add(updates.reshape(flat.size, channels), mode="promise_in_bounds")
+  return rows.reshape(accumulator.shape)
 
 
 def grad_points(values, taps: PointTaps, grad_out, points):

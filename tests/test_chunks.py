@@ -10,6 +10,7 @@ A far-outside point and a NaN incoming gradient sit in the first chunk.
 from __future__ import annotations
 
 import itertools
+import re
 
 import cases
 import jax
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from numpy_reference import grad_input_ref
 
-from jaxgridsample import _autodiff, grid_sample
+from jaxgridsample import _autodiff, _kernel, grid_sample
 
 NUM_POINTS = 64 * 9 + 17  # nine full chunks of the smallest size (64 points) and a remainder
 CONFIGS = list(itertools.product((2, 3), ("bilinear", "nearest", "bicubic"), ("zeros", "border", "reflection")))
@@ -64,3 +65,26 @@ def test_many_chunks_match_one_chunk(ndim, mode, padding, monkeypatch):
   finite[0, 1] = False
   assert np.isfinite(flat[finite]).all()
   assert (flat[0, 0] == 0).all() or padding != "zeros"
+
+
+@pytest.mark.parametrize("ndim,mode", [(2, "bilinear"), (2, "bicubic"), (3, "nearest"), (3, "bilinear")])
+def test_per_axis_indices_match_flat_indices(ndim, mode, monkeypatch):
+  # Batches of 2**31 pixels or more are read and scatter-added by per-axis
+  # indices instead of flat ones. A limit of one pixel takes that path here.
+  padding = "reflection"
+  with jax.enable_x64(True):
+    inp, grid, cotangent = _case(ndim, mode, padding)
+    cotangent[0, 1, 1] = 0.5  # the NaN of _case would make the comparison vacuous at that point
+    flat = _gradients(inp, grid, cotangent, mode, padding)
+    jax.clear_caches()
+    monkeypatch.setattr(_kernel, "FLAT_INDEX_LIMIT", 1)
+    try:
+      per_axis = _gradients(inp, grid, cotangent, mode, padding)
+      program = jax.jit(lambda a, b: jax.vjp(lambda x, g: grid_sample(x, g, mode, padding, False), a, b)[1](
+          cotangent)).lower(inp, grid).as_text()
+    finally:
+      jax.clear_caches()
+  # The per-axis scatter indexes the batch and every spatial axis.
+  assert re.search(rf"scatter_dims_to_operand_dims = \[{', '.join(map(str, range(ndim + 1)))}\]", program)
+  for a, b in zip(flat, per_axis):
+    np.testing.assert_array_equal(a, b)
