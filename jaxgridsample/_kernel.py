@@ -400,12 +400,14 @@ def grad_points_unrolled(values, taps: PointTaps, grad_out, points, channels_las
   """
   if taps.axes[0].slope is None:
     return _zero_grad_points(points, values.dtype)
+  channel_axis = 1 if channels_last else 0
+  if values.shape[-1 if channels_last else 0] == 1:
+    return _grad_points_one_channel(values, taps, grad_out.reshape(-1), channels_last)
   derivatives = [0] * len(taps.axes)
   for tap in each_tap(taps, with_slopes=True):
     read = _read_tap(values, tap, channels_last)
     for axis, slope in enumerate(tap.slopes):
       derivatives[axis] = derivatives[axis] + per_point(slope, channels_last) * read
-  channel_axis = 1 if channels_last else 0
   if len(derivatives) == 2:
     # Both axes as one complex number, summed over channels by one
     # single-output reduction with the gathers fused in: grid gradient alone
@@ -424,10 +426,39 @@ def grad_points_unrolled(values, taps: PointTaps, grad_out, points, channels_las
     # materialised (each tap's gather on its own); this one it emits itself,
     # with the gathers fused in. (The complex form above, or a complex pair
     # plus a real sum, was no faster for three axes.)
-    zero = jnp.zeros((), values.dtype)
-    per_axis = lax.reduce(tuple(grad_out * d for d in derivatives), (zero,) * len(derivatives),
-                          lambda a, b: tuple(x + y for x, y in zip(a, b)), (channel_axis,))
+    per_axis = _sum_each(tuple(grad_out * d for d in derivatives), channel_axis)
   return jnp.stack(per_axis[::-1], axis=-1)
+
+
+def _sum_each(arrays, axis: int):
+  """``jnp.sum(a, axis)`` of every array, as one variadic reduction."""
+  zero = jnp.zeros((), arrays[0].dtype)
+  return lax.reduce(tuple(arrays), (zero,) * len(arrays), lambda a, b: tuple(x + y for x, y in zip(a, b)),
+                    (axis,))
+
+
+def _grad_points_one_channel(values, taps: PointTaps, grad_out, channels_last: bool):
+  """:func:`grad_points_unrolled` for a single channel; ``grad_out`` is (P,).
+
+  With one channel there is no channel sum, and XLA fused the taps' gathers
+  into the in-place update of the grid gradient: a single-threaded loop that
+  evaluated them once per axis. Summing the taps' terms as a (K, P) stack
+  instead keeps one parallel reduction that reads each tap once (C = 1
+  forward+backward: 0.55x the time in 2-D).
+  """
+  terms = [[] for _ in taps.axes]
+  for tap in each_tap(taps, with_slopes=True):
+    read = _read_tap(values, tap, channels_last).reshape(-1)
+    for axis, slope in enumerate(tap.slopes):
+      terms[axis].append(slope * read)
+  if len(terms) == 2:
+    # The complex pairing of grad_points_unrolled, summed over the taps.
+    both = jnp.sum(lax.complex(jnp.stack(terms[0]), jnp.stack(terms[1])), axis=0)
+    derivatives = (jnp.real(both), jnp.imag(both))
+  else:
+    derivatives = _sum_each([jnp.stack(t) for t in terms], 0)
+  # ATen's order: the spatial derivative first, then times the incoming gradient.
+  return jnp.stack([d * grad_out for d in derivatives[::-1]], axis=-1)
 
 
 def _zero_grad_points(points, dtype):
