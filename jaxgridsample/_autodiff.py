@@ -81,20 +81,25 @@ def _batched(kernel_fn, mode, padding_mode, align_corners, values_last=True, mat
   unless ``values_last`` is False), grid (N, *spatial_out, ndim) and extra
   per-sample arrays already flattened to one point axis; it returns
   ``kernel_fn``'s results with a leading batch axis. With ``materialize``,
-  each sample's coordinates are computed into buffers of their own first.
+  the points' coordinates are computed into buffers of their own first.
   """
   family = INTERPOLATION_FAMILIES[mode]
 
-  def one_sample(values, points, *extra):
-    spatial_shape = values.shape[:-1] if values_last else values.shape[1:]
-    coordinates = _kernel.point_coordinates(family, points, spatial_shape, padding_mode, align_corners)
+  def batched(values, grid, *extra):
+    spatial_shape = values.shape[1:-1] if values_last else values.shape[2:]
+    # The coordinate arithmetic is elementwise, so it runs on the whole batch
+    # outside ``vmap``: under it, every jax.numpy function (a jit of its own)
+    # went through the batching rule, a tenth of value_and_grad's lowering time.
+    coordinates = _kernel.point_coordinates(family, _flatten_points(grid), spatial_shape, padding_mode,
+                                            align_corners)
     if materialize:
       coordinates = jax.tree.map(_kernel.materialized, coordinates)
-    taps = _kernel.taps_at(family, coordinates, spatial_shape, padding_mode, align_corners)
-    return kernel_fn(values, taps, *extra)
 
-  def batched(values, grid, *extra):
-    return jax.vmap(one_sample)(values, _flatten_points(grid), *extra)
+    def one_sample(values, coordinates, *extra):
+      taps = _kernel.taps_at(family, coordinates, spatial_shape, padding_mode, align_corners)
+      return kernel_fn(values, taps, *extra)
+
+    return jax.vmap(one_sample)(values, coordinates, *extra)
 
   return batched
 
@@ -267,14 +272,14 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
   # trilinear) it was 1.0-1.3x slower, so they keep the fused read.
   transpose_ahead = not channels_last and not unrolled
 
-  def one_sample(values, coordinates, chunk_points, chunk_grad, chunk_grad_last):
+  def one_sample(values, coordinates, grad_values, chunk_points, chunk_grad, chunk_grad_last):
     taps = _kernel.taps_at(family, coordinates, spatial_shape, padding_mode, align_corners)
-    scatter = _kernel.grad_values_updates(taps, chunk_grad_last)
+    grad_values = _kernel.add_grad_values(grad_values, taps, chunk_grad_last)
     if unrolled:
       chunk_grad_points = _kernel.grad_points_unrolled(values, taps, chunk_grad, chunk_points, channels_last)
     else:
       chunk_grad_points = _kernel.grad_points(values, taps, chunk_grad_last, chunk_points)
-    return scatter, chunk_grad_points
+    return grad_values, chunk_grad_points
 
   def chunk_of_grad(start, size):
     return jax.lax.dynamic_slice_in_dim(grad_out, start, size, axis=point_axis)
@@ -287,8 +292,7 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
     # The chunk's coordinates (see ``_kernel.Family``), carried into the next
     # iteration and expanded into taps there.
     chunk_points = jax.lax.dynamic_slice_in_dim(points, start, size, axis=1)
-    coordinates = jax.vmap(
-        lambda p: _kernel.point_coordinates(family, p, spatial_shape, padding_mode, align_corners))(chunk_points)
+    coordinates = _kernel.point_coordinates(family, chunk_points, spatial_shape, padding_mode, align_corners)
     return coordinates, (as_rows(chunk_of_grad(start, size)) if transpose_ahead else None)
 
   def one_chunk(start, size, prepared, carry):
@@ -298,9 +302,8 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
     chunk_grad = chunk_of_grad(start, size)
     if rows is None:
       rows = as_rows(chunk_grad)
-    # The scatter-add runs on the whole batch at once (``scatter_add_rows``).
-    scatter, chunk_grad_points = jax.vmap(one_sample)(values_read, coordinates, chunk_points, chunk_grad, rows)
-    grad_values = _kernel.scatter_add_rows(grad_values, *scatter)
+    grad_values, chunk_grad_points = jax.vmap(one_sample)(values_read, coordinates, grad_values, chunk_points,
+                                                          chunk_grad, rows)
     return grad_values, jax.lax.dynamic_update_slice_in_dim(grad_points, chunk_grad_points, start, axis=1)
 
   grad_values = jnp.zeros((values.shape[0],) + spatial_shape + (values.shape[-1 if channels_last else 1],),

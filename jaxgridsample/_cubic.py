@@ -61,7 +61,7 @@ def axis_coordinate(g, size: int, padding_mode: str, align_corners: bool, spatia
   taps at every use instead was 1.05x for border.)
 
   Args:
-    g: grid values for this axis, shape ``(P,)``.
+    g: grid values for this axis, shape ``(P,)`` (or with leading batch axes).
     size: input size along the axis.
     padding_mode: "zeros", "border" or "reflection".
     align_corners: PyTorch's corner convention.
@@ -71,7 +71,7 @@ def axis_coordinate(g, size: int, padding_mode: str, align_corners: bool, spatia
     ``(p, scale)`` under zeros padding, else ``(t, scale, positions)``:
     ``p`` the unnormalised (and sanitised) coordinate, ``t = p - floor(p)``,
     ``scale = dp/dg`` (zero for a non-finite grid value), all ``(P,)``, and
-    the padded tap positions ``(4, P)``.
+    the padded tap positions ``(4, P)`` (leading batch axes first).
   """
   p, scale = unnormalize(g, size, align_corners, spatial_rank)
   p, finite = sanitize(p, size, padding_mode)
@@ -83,7 +83,9 @@ def axis_coordinate(g, size: int, padding_mode: str, align_corners: bool, spatia
 
 
 def _taps_around(first):
-  return first[None, :] + jnp.asarray(_TAP_OFFSETS, first.dtype)[:, None]
+  # (..., P) -> (..., 4, P)
+  offsets = jnp.asarray(_TAP_OFFSETS, first.dtype).reshape((1,) * (first.ndim - 1) + (4, 1))
+  return first[..., None, :] + offsets
 
 
 def axis_taps(coordinate, size: int, padding_mode: str, align_corners: bool, spatial_rank: int) -> AxisTaps:

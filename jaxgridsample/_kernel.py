@@ -132,13 +132,14 @@ class PointTaps(NamedTuple):
 
 def point_coordinates(family: Family, points, spatial_shape, padding_mode: str,
                       align_corners: bool) -> tuple[tuple[jnp.ndarray, ...], ...]:
-  """``family.coordinate`` of ``points`` (P, ndim) per spatial axis, first spatial axis first.
+  """``family.coordinate`` of ``points`` (..., P, ndim) per spatial axis, first spatial axis first.
 
   Grid component 0 is x (the last spatial axis), 1 is y, 2 is z (the first).
+  The coordinates are elementwise, so leading (batch) axes need no ``vmap``.
   """
   ndim = len(spatial_shape)
   return tuple(
-      family.coordinate(points[:, ndim - 1 - axis], size, padding_mode, align_corners, ndim)
+      family.coordinate(points[..., ndim - 1 - axis], size, padding_mode, align_corners, ndim)
       for axis, size in enumerate(spatial_shape))
 
 
@@ -250,16 +251,11 @@ FLAT_INDEX_LIMIT = 2**31
 def flat_taps(taps: PointTaps) -> FlatTaps:
   """All taps as flat pixel indices (fewer than ``FLAT_INDEX_LIMIT`` pixels)."""
   table = tap_table(taps)
+  flat = table.index[0]
+  for index, size in zip(table.index[1:], taps.sizes[1:]):
+    flat = flat * size + index
   weight = None if taps.axes[0].slope is None else table.weight
-  return FlatTaps(jnp.where(table.inside, row_major(table.index, taps.sizes), -1), weight)
-
-
-def row_major(index, sizes):
-  """The flat row-major offset of per-axis ``index`` arrays into ``sizes``."""
-  flat = index[0]
-  for axis_index, size in zip(index[1:], sizes[1:]):
-    flat = flat * size + axis_index
-  return flat
+  return FlatTaps(jnp.where(table.inside, flat, -1), weight)
 
 
 # Two ways to read taps, each where XLA's CPU backend does it fastest:
@@ -486,53 +482,23 @@ def spatial_gradient(values, taps: PointTaps):
   return jnp.stack([jnp.einsum("kp,pkc->pc", slope, reads) for slope in table.slopes[::-1]])
 
 
-def grad_values_updates(taps: PointTaps, grad_out):
-  """grad_input's contributions of P points, for :func:`scatter_add_rows`.
+def add_grad_values(accumulator, taps: PointTaps, grad_out):
+  """grad_input: scatter-adds ``weight * grad_out`` to every tap inside the input.
 
   Args:
+    accumulator: (*spatial_in, C) gradient so far, channels-last.
     taps: the taps of P points.
     grad_out: (P, C) incoming gradient of those points.
 
   Returns:
-    (index, updates): per spatial axis a (P, K) int32 pixel index, and
-    (P, K, C) ``weight * grad_out``, zero for taps outside the input.
+    ``accumulator`` plus these points' contributions.
   """
   table = tap_table(taps)
   # A select, not just the zero weight: a tap outside the input writes to a
   # clamped index, where 0 * inf (a non-finite incoming gradient) would leave
   # a NaN that ATen never writes (it skips such taps).
   updates = _mask(table.weight.T[..., None] * grad_out[:, None, :], table.inside.T[..., None])
-  return _point_major(table.index), updates
-
-
-def scatter_add_rows(accumulator, index, updates):
-  """Adds channel rows into a batch of channels-last accumulators.
-
-  XLA's CPU backend runs a scatter-add with one flat row index faster than
-  one with the batch's and each axis's index: the scatter alone took
-  0.55x the time at C = 1 and 0.75x at C = 3 (random taps); forward+backward
-  0.84-0.95x on the benchmark workloads, 0.62x tricubic. Batches of
-  ``FLAT_INDEX_LIMIT`` pixels or more keep per-axis indices.
-
-  Args:
-    accumulator: (N, *spatial_in, C).
-    index: per spatial axis, (N, P, K) int32 pixel index.
-    updates: (N, P, K, C).
-
-  Returns:
-    ``accumulator`` with ``updates`` added at ``index``.
-  """
-  batch, spatial, channels = accumulator.shape[0], accumulator.shape[1:-1], accumulator.shape[-1]
-  pixels = math.prod(spatial)
-  if batch * pixels >= FLAT_INDEX_LIMIT:
-    batch_index = lax.broadcasted_iota(jnp.int32, index[0].shape, 0)
-    return accumulator.at[(batch_index, *index)].add(updates, mode="promise_in_bounds")
-  # (N, 1, 1) offsets: the batch index becomes part of the flat row index.
-  flat = row_major(index, spatial) + (jnp.arange(batch, dtype=jnp.int32) * pixels)[:, None, None]
-  rows = accumulator.reshape(batch * pixels, channels)
-  # Explicit sizes: C may be 0.
-  rows = rows.at[flat.reshape(flat.size)].add(updates.reshape(flat.size, channels), mode="promise_in_bounds")
-  return rows.reshape(accumulator.shape)
+  return accumulator.at[_point_major(table.index)].add(updates, mode="promise_in_bounds")
 
 
 def grad_points(values, taps: PointTaps, grad_out, points):
