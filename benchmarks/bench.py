@@ -118,6 +118,22 @@ QUICK_WORKLOADS = (
     Workload("trilinear", "trilinear volume", (1, 4, 16, 16, 16), (16, 16, 16), "bilinear", "zeros", False),
 )
 
+# Shapes beyond the six, from common uses, to look for cliffs (``--extra``).
+EXTRA_WORKLOADS = (
+    Workload("gray", "one-channel image", (4, 1, 256, 256), (256, 256), "bilinear", "zeros", False),
+    Workload("deformable", "deformable attention: many channels, few points", (8, 256, 32, 32), (100, 4),
+             "bilinear", "zeros", False),
+    Workload("triplane", "NeRF triplane feature lookups", (3, 32, 256, 256), (1, 65536), "bilinear", "border",
+             True),
+    Workload("big_batch", "large batch of small maps", (64, 16, 32, 32), (32, 32), "bilinear", "zeros", False),
+    Workload("upsample", "4x upsampling", (2, 8, 64, 64), (256, 256), "bilinear", "border", False),
+    Workload("volume_nearest", "3-D nearest", (2, 4, 32, 32, 32), (32, 32, 32), "nearest", "zeros", True),
+    Workload("bicubic_reflect", "bicubic, reflection, 3 channels", (2, 3, 256, 256), (256, 256), "bicubic",
+             "reflection", True),
+    Workload("volume_1ch", "one-channel trilinear volume", (1, 1, 96, 96, 96), (96, 96, 96), "bilinear",
+             "border", True),
+)
+
 # Scaling sweeps (bilinear, zeros, align_corners=False): (label, input shape, output spatial).
 FULL_SCALING = {
     "points": [(f"{s}²", (4, 16, 128, 128), (s, s)) for s in (32, 64, 128, 256)],
@@ -446,7 +462,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def render(env: dict, args: argparse.Namespace, workloads: list[dict], scaling: dict | None) -> str:
   lib = env["jaxgridsample"]
-  out = [f"# jaxgridsample benchmark{' (--quick)' if args.quick else ''}", ""]
+  flag = " (--quick)" if args.quick else " (--extra)" if args.extra else ""
+  out = [f"# jaxgridsample benchmark{flag}", ""]
   out += [
       f"- date: {env['date']}",
       f"- machine: {env['cpu']}, os.cpu_count() = {env['os_cpu_count']}"
@@ -585,12 +602,16 @@ def plot_scaling(scaling: dict, path: Path, title: str) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="small shapes and few repetitions (< ~60 s)")
+  parser.add_argument("--extra", action="store_true",
+                      help="the extra workloads (other common shapes) instead of the issue's six")
   parser.add_argument("--repeats", type=int, default=None,
                       help="timed repetitions per competitor (default 25, or 5 with --quick)")
   parser.add_argument("--warmup", type=int, default=None,
                       help="untimed calls per competitor (default 3, or 1 with --quick)")
   names = ",".join(w.name for w in FULL_WORKLOADS)
-  parser.add_argument("--workloads", default=None, help=f"comma-separated subset of: {names}")
+  extra_names = ",".join(w.name for w in EXTRA_WORKLOADS)
+  parser.add_argument("--workloads", default=None,
+                      help=f"comma-separated subset of: {names} (with --extra: {extra_names})")
   parser.add_argument("--no-plot", action="store_true", help="do not write the scaling plot")
   parser.add_argument("--no-scaling", action="store_true", help="skip the scaling sweeps")
   parser.add_argument("--output-dir", type=Path, default=HERE, help="where to write results (default: here)")
@@ -602,7 +623,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.warmup = 1 if args.quick else 3
   if args.repeats < 1:
     parser.error("--repeats must be at least 1")
-  catalogue = QUICK_WORKLOADS if args.quick else FULL_WORKLOADS
+  if args.quick and args.extra:
+    parser.error("--extra has full-size shapes only; it cannot be combined with --quick")
+  catalogue = EXTRA_WORKLOADS if args.extra else QUICK_WORKLOADS if args.quick else FULL_WORKLOADS
+  names = ",".join(w.name for w in catalogue)
   if args.workloads is None:
     args.selected = list(catalogue)
   else:
@@ -643,11 +667,12 @@ def main(argv=None) -> None:
   print(report)
   print(f"(wall time {env['wall_time_s']} s)")
 
-  suffix = "_quick" if args.quick else ""
+  suffix = "_quick" if args.quick else "_extra" if args.extra else ""
   args.output_dir.mkdir(parents=True, exist_ok=True)
   (args.output_dir / f"results{suffix}.md").write_text(report + "\n")
-  payload = {"environment": env, "settings": {"quick": args.quick, "repeats": args.repeats,
-                                              "warmup": args.warmup, "seed": args.seed},
+  payload = {"environment": env,
+             "settings": {"quick": args.quick, "extra": args.extra, "repeats": args.repeats, "warmup": args.warmup,
+                          "seed": args.seed},
              "workloads": workloads, "scaling": scaling}
   (args.output_dir / f"results{suffix}.json").write_text(json.dumps(payload, indent=1) + "\n")
   if scaling and not args.no_plot:
