@@ -352,7 +352,7 @@ BLOCK_CALLS = 3
 # every repetition. With a fixed cyclic order (rotating only the starting
 # competitor) each one nearly always followed the same neighbour, and the
 # "base" forward, the very same compiled program as ours, read 0.56-0.98x of
-# our forward's median; shuffled with the pause, it reads 0.99-1.06x.
+# our forward's median; shuffled with the pause, it reads 0.91-1.07x.
 PAUSE_S = 0.02
 
 
