@@ -396,7 +396,6 @@ def grad_points_unrolled(values, taps: PointTaps, grad_out, points, channels_las
   """
   if taps.axes[0].slope is None:
     return _zero_grad_points(points, values.dtype)
-  channel_axis = 1 if channels_last else 0
   if values.shape[-1 if channels_last else 0] == 1:
     return _grad_points_one_channel(values, taps, grad_out.reshape(-1), channels_last)
   derivatives = [0] * len(taps.axes)
@@ -404,6 +403,7 @@ def grad_points_unrolled(values, taps: PointTaps, grad_out, points, channels_las
     read = _read_tap(values, tap, channels_last)
     for axis, slope in enumerate(tap.slopes):
       derivatives[axis] = derivatives[axis] + per_point(slope, channels_last) * read
+  channel_axis = 1 if channels_last else 0
   if len(derivatives) == 2:
     # Both axes as one complex number, summed over channels by one
     # single-output reduction with the gathers fused in: grid gradient alone
@@ -440,7 +440,7 @@ def _grad_points_one_channel(values, taps: PointTaps, grad_out, channels_last: b
   into the in-place update of the grid gradient: a single-threaded loop that
   evaluated them once per axis. Summing the taps' terms as a (K, P) stack
   instead keeps one parallel reduction that reads each tap once (C = 1
-  forward+backward: 0.55x the time in 2-D).
+  forward+backward: 0.57-0.71x the time in 2-D, 0.79-0.82x in 3-D).
   """
   terms = [[] for _ in taps.axes]
   for tap in each_tap(taps, with_slopes=True):
