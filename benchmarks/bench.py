@@ -21,7 +21,8 @@ within each repetition, six competitors:
 Results are printed as Markdown and written to ``results.md``,
 ``results.json`` and ``scaling.png`` next to this script (``results_quick.*``
 and ``scaling_quick.png`` with ``--quick``, so a CI smoke run never overwrites
-a full run). See ``benchmarks/README.md`` for the meaning of every column.
+a full run; ``results_extra.*`` with ``--extra``, eight other common shapes).
+See ``benchmarks/README.md`` for the meaning of every column.
 """
 
 from __future__ import annotations
