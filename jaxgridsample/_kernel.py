@@ -482,23 +482,32 @@ def spatial_gradient(values, taps: PointTaps):
   return jnp.stack([jnp.einsum("kp,pkc->pc", slope, reads) for slope in table.slopes[::-1]])
 
 
-def add_grad_values(accumulator, taps: PointTaps, grad_out):
+def add_grad_values(accumulator, taps: PointTaps, grad_out, channels_last: bool = True):
   """grad_input: scatter-adds ``weight * grad_out`` to every tap inside the input.
 
   Args:
-    accumulator: (*spatial_in, C) gradient so far, channels-last.
+    accumulator: (*spatial_in, C) gradient so far, or (C, *spatial_in) unless
+      ``channels_last``.
     taps: the taps of P points.
-    grad_out: (P, C) incoming gradient of those points.
+    grad_out: (P, C), or (C, P) unless ``channels_last``, incoming gradient
+      of those points.
+    channels_last: the layout of ``accumulator`` and ``grad_out``.
 
   Returns:
     ``accumulator`` plus these points' contributions.
   """
   table = tap_table(taps)
+  index = _point_major(table.index)
   # A select, not just the zero weight: a tap outside the input writes to a
   # clamped index, where 0 * inf (a non-finite incoming gradient) would leave
   # a NaN that ATen never writes (it skips such taps).
-  updates = _mask(table.weight.T[..., None] * grad_out[:, None, :], table.inside.T[..., None])
-  return accumulator.at[_point_major(table.index)].add(updates, mode="promise_in_bounds")
+  if channels_last:
+    updates = _mask(table.weight.T[..., None] * grad_out[:, None, :], table.inside.T[..., None])
+  else:
+    # (C, P, K) updates, each point's taps one window across the C planes.
+    updates = _mask(table.weight.T[None] * grad_out[..., None], table.inside.T[None])
+    index = (slice(None),) + index
+  return accumulator.at[index].add(updates, mode="promise_in_bounds")
 
 
 def grad_points(values, taps: PointTaps, grad_out, points):
