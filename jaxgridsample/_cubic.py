@@ -105,6 +105,7 @@ def axis_taps(coordinate, size: int, padding_mode: str, align_corners: bool, spa
       position=position,
       weight=cubic_coefficients(t),
       slope=cubic_coefficient_slopes(t) * scale[None, :],
+      bounded=padding_mode != "zeros",
   )
 
 

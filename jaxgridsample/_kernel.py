@@ -55,11 +55,14 @@ class AxisTaps(NamedTuple):
     slope: (T, P) derivatives of ``weight`` with respect to the grid value,
       including the unnormalise scale and padding multiplier (backward), or
       None when the weights do not depend on the grid (nearest).
+    bounded: whether every position lies inside by construction (bicubic's
+      taps under border and reflection padding, each padded on its own).
   """
 
   position: jnp.ndarray
   weight: jnp.ndarray
   slope: jnp.ndarray | None
+  bounded: bool = False
 
 
 class Family(NamedTuple):
@@ -152,7 +155,13 @@ def taps_at(family: Family, coordinates, spatial_shape, padding_mode: str, align
       tuple(spatial_shape))
 
 
-def _inside(position, size: int):
+def _inside(axis: AxisTaps, size: int, row: int | None = None):
+  """Where the axis's taps (or one row of them) lie inside ``[0, size - 1]``."""
+  position = axis.position if row is None else axis.position[row]
+  if axis.bounded:
+    # A constant: XLA drops the masks' selects and compares altogether (for
+    # bicubic, 8 fusions fewer to compile and run).
+    return jnp.ones(position.shape, bool)
   return (position >= 0) & (position <= size - 1)
 
 
@@ -198,7 +207,7 @@ def each_tap(taps: PointTaps, with_slopes: bool = False) -> list[Tap]:
   more cheaply than rows sliced out of a :class:`TapTable`.
   """
   # Per-axis rows first (each used by several taps), then their products.
-  inside_rows = [[_inside(axis.position[k], size) for k in range(axis.position.shape[0])]
+  inside_rows = [[_inside(axis, size, k) for k in range(axis.position.shape[0])]
                  for axis, size in zip(taps.axes, taps.sizes)]
   index_rows = [[_clamped_index(axis.position[k], ok) for k, ok in enumerate(oks)]
                 for axis, oks in zip(taps.axes, inside_rows)]
@@ -230,7 +239,7 @@ def tap_table(taps: PointTaps) -> TapTable:
     shape[axis] = taps_per_axis
     return jnp.broadcast_to(array.reshape(shape), full).reshape(taps_per_axis**ndim, num_points)
 
-  inside_axis = [_inside(axis.position, size) for axis, size in zip(taps.axes, taps.sizes)]
+  inside_axis = [_inside(axis, size) for axis, size in zip(taps.axes, taps.sizes)]
   index = tuple(spread(_clamped_index(axis.position, ok), a)
                 for a, (axis, ok) in enumerate(zip(taps.axes, inside_axis)))
   inside = _all([spread(ok, a) for a, ok in enumerate(inside_axis)])
