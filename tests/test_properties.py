@@ -12,6 +12,9 @@ coordinates) and the invariants of our contract:
   nearest);
 * under zeros padding, an all-non-finite grid reads nothing: output 0,
   grad_input 0, grad_grid 0.
+
+A last test checks the premise of ``AxisTaps.bounded`` (taps whose inside
+test is skipped): over any grid, such taps lie inside the input.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy_reference import grad_input_ref, grid_sample_ref, unnormalize
 
-from jaxgridsample import grid_sample
+from jaxgridsample import _kernel, grid_sample
+from jaxgridsample._autodiff import INTERPOLATION_FAMILIES
 
 MODES = ("bilinear", "nearest", "bicubic")
 PADDINGS = ("zeros", "border", "reflection")
@@ -168,3 +172,23 @@ def test_all_nonfinite_grid_reads_nothing_under_zeros_padding(case):
   assert (out == 0).all()
   assert (grad_input == 0).all()
   assert (grad_grid == 0).all()
+
+
+@PROPERTY_SETTINGS
+@given(size=st.integers(1, 6), padding_mode=st.sampled_from(("border", "reflection")), align_corners=st.booleans(),
+       spatial_rank=st.sampled_from((2, 3)), dtype=st.sampled_from((np.float32, np.float64)),
+       grid=hnp.arrays(np.float64, st.integers(1, 40),
+                       elements=st.one_of(st.floats(-40, 40), st.sampled_from(SPECIALS + (-1.0, 1.0, 0.0)))))
+def test_taps_marked_bounded_lie_inside(size, padding_mode, align_corners, spatial_rank, dtype, grid):
+  """``AxisTaps.bounded`` skips the inside test (its mask is a constant): the rows it covers must lie inside."""
+  points = jnp.asarray(grid.astype(dtype))[:, None].repeat(spatial_rank, axis=1)
+  shape = (size,) * spatial_rank
+  for mode, family in INTERPOLATION_FAMILIES.items():
+    coordinates = _kernel.point_coordinates(family, points, shape, padding_mode, align_corners)
+    taps = _kernel.taps_at(family, coordinates, shape, padding_mode, align_corners)
+    for axis in taps.axes:
+      if axis.bounded:
+        positions = np.asarray(axis.position)
+        assert np.all((positions >= 0) & (positions <= size - 1)), (mode, positions)
+    if mode == "bicubic":
+      assert all(axis.bounded for axis in taps.axes)
