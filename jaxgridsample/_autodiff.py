@@ -256,7 +256,8 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
   family = INTERPOLATION_FAMILIES[mode]
   spatial_shape = tuple(values.shape[1:-1] if channels_last else values.shape[2:])
   unrolled = _TAPS_PER_AXIS[mode]**len(spatial_shape) <= _kernel.GRAD_UNROLL_LIMIT
-  # Scatter-adds write whole channel rows, so grad_values is channels-last.
+  # Scatter-adds write whole channel rows, so grad_values is channels-last
+  # (except for few channels and many taps: ``scatter_planes`` below).
   # The grid gradient of up to 8 taps reads the caller's layout tap by tap,
   # like the forward (no transposed copy of the input); more taps read all
   # at once from channels-last rows.

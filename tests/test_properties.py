@@ -180,7 +180,7 @@ def test_all_nonfinite_grid_reads_nothing_under_zeros_padding(case):
        grid=hnp.arrays(np.float64, st.integers(1, 40),
                        elements=st.one_of(st.floats(-40, 40), st.sampled_from(SPECIALS + (-1.0, 1.0, 0.0)))))
 def test_taps_marked_bounded_lie_inside(size, padding_mode, align_corners, spatial_rank, dtype, grid):
-  """``AxisTaps.bounded`` skips the inside test (its mask is a constant): the rows it covers must lie inside."""
+  """``AxisTaps.bounded`` skips the inside test (its mask is a constant): such taps must lie inside."""
   points = jnp.asarray(grid.astype(dtype))[:, None].repeat(spatial_rank, axis=1)
   shape = (size,) * spatial_rank
   for mode, family in INTERPOLATION_FAMILIES.items():
