@@ -389,9 +389,9 @@ def interpolate_flat(values, flat: FlatTaps, channels_last: bool):
   return out
 
 
-# Channel counts up to this one count as few for the channels-first grid
-# gradient (:func:`grad_points_unrolled`).
-FEW_CHANNELS = 4
+# Channel counts up to these (by spatial rank) count as few for the
+# channels-first grid gradient (:func:`grad_points_unrolled`).
+FEW_CHANNELS = {2: 4, 3: 8}
 
 
 def grad_points_unrolled(values, taps: PointTaps, grad_out, points, channels_last: bool):
@@ -418,12 +418,13 @@ def grad_points_unrolled(values, taps: PointTaps, grad_out, points, channels_las
     for axis, slope in enumerate(tap.slopes):
       derivatives[axis] = derivatives[axis] + per_point(slope, channels_last) * read
   channel_axis = 1 if channels_last else 0
-  if not channels_last and values.shape[0] <= FEW_CHANNELS:
+  if not channels_last and values.shape[0] <= FEW_CHANNELS[len(taps.axes)]:
     # Few channel planes: each channel's terms computed into buffers of their
     # own, then summed. Fused into the channel reduction, every tap's gather
     # and weights were evaluated once per channel in a scalar loop, 6x the
-    # forward's time per point. Measured fwd+bwd: C = 2-4 0.81-0.95x
-    # (image, 2-D and 3-D), C = 8 1.0-1.05x.
+    # forward's time per point. Measured fwd+bwd, 2-D: C = 2-4 0.85-0.95x,
+    # C = 8 1.0-1.08x, C = 16-32 1.4-1.6x; 3-D: C = 3-8 0.84-0.95x, C = 16
+    # 1.5x.
     terms = tuple(materialized(grad_out * d) for d in derivatives)
     per_axis = _sum_each(terms, channel_axis)
   elif len(derivatives) == 2:
