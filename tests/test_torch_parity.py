@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from jax_side import jax_grid_sample
 
+from jaxgridsample import _kernel
+
 torch_oracle = pytest.importorskip("torch_oracle")
 if torch_oracle.torch is None:
   pytest.skip("torch is not installed", allow_module_level=True)
@@ -113,3 +115,32 @@ def test_double_backward_with_many_channels(combination):
   ours = jax_grid_sample(inp, case["grid"], grad_out, mode, padding, ac, ddot=ddot)
   for field, value in expected.items():
     cases.assert_close(ours[field], value, np.float64, what=field)
+
+
+def _channel_threshold_cases():
+  # Either side of the channel count up to which the bilinear/trilinear grid
+  # gradient materialises each channel's terms (_kernel.FEW_CHANNELS).
+  for ndim, few in sorted(_kernel.FEW_CHANNELS.items()):
+    for channels in (few, few + 1):
+      for padding in cases.PADDINGS:
+        for ac in (False, True):
+          yield ndim, channels, padding, ac
+
+
+@pytest.mark.parametrize("dtype", cases.DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("ndim,channels,padding,ac", list(_channel_threshold_cases()))
+def test_grid_gradient_either_side_of_few_channels(ndim, channels, padding, ac, dtype):
+  """Bilinear with hard points on both sides of the grid gradient's few-channel form; float64 adds
+  the double backward."""
+  rng = np.random.default_rng(cases.stable_seed("channels", ndim, channels, padding, ac, np.dtype(dtype).name))
+  case = cases.make_case(rng, ndim, "bilinear", padding, ac, dtype)
+  batch = case["inp"].shape[0]
+  inp = rng.standard_normal((batch, channels) + case["inp"].shape[2:]).astype(dtype)
+  grad_out = rng.standard_normal((batch, channels) + case["grad_out"].shape[2:]).astype(dtype)
+  ddot = (rng.standard_normal(inp.shape).astype(dtype), case["w"]) if dtype == np.float64 else None
+  expected = torch_oracle.torch_grid_sample(inp, case["grid"], grad_out, "bilinear", padding, ac, ddot=ddot)
+  ours = jax_grid_sample(inp, case["grid"], grad_out, "bilinear", padding, ac, ddot=ddot)
+  second_order = {"dd_input", "dd_grid", "dd_grad_out"} if ddot else set()
+  assert set(expected) == {"out", "grad_input", "grad_grid"} | second_order
+  for field, value in expected.items():
+    cases.assert_close(ours[field], value, dtype, what=f"C={channels} {field}")
