@@ -280,12 +280,18 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
   # 0.96x, C = 4 1.02x, C = 8 1.16-1.20x; bilinear or nearest with C = 3 or 4
   # 1.07-1.28x.
   scatter_planes = not channels_last and not unrolled and channels <= 3
+  # With one channel, linear taps scatter-add in pairs along the last axis
+  # (``_kernel.add_grad_values_paired``) into an accumulator with a
+  # one-pixel margin, cut off at the end.
+  paired = mode == "bilinear" and channels == 1
   transpose_ahead = not channels_last and not unrolled
 
   def one_sample(values, coordinates, grad_values, chunk_points, chunk_grad, chunk_grad_last):
     taps = _kernel.taps_at(family, coordinates, spatial_shape, padding_mode, align_corners)
     if scatter_planes:
       grad_values = _kernel.add_grad_values(grad_values, taps, chunk_grad, channels_last=False)
+    elif paired:
+      grad_values = _kernel.add_grad_values_paired(grad_values, taps, chunk_grad_last)
     else:
       grad_values = _kernel.add_grad_values(grad_values, taps, chunk_grad_last)
     if unrolled:
@@ -321,10 +327,14 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
 
   if scatter_planes:
     grad_values = jnp.zeros((values.shape[0], channels) + spatial_shape, values.dtype)
+  elif paired:
+    grad_values = jnp.zeros((values.shape[0],) + tuple(s + 2 for s in spatial_shape) + (channels,), values.dtype)
   else:
     grad_values = jnp.zeros((values.shape[0],) + spatial_shape + (channels,), values.dtype)
   grad_values, grad_points = _over_chunks(prepare, one_chunk, points.shape[1], chunk,
                                           (grad_values, jnp.zeros_like(points)))
+  if paired:
+    grad_values = grad_values[(slice(None),) + (slice(1, -1),) * len(spatial_shape)]
   if not scatter_planes:
     grad_values = _from_channels_last(grad_values, channels_last)
   return grad_values, grad_points

@@ -533,6 +533,53 @@ def add_grad_values(accumulator, taps: PointTaps, grad_out, channels_last: bool 
   return accumulator.at[index].add(updates, mode="promise_in_bounds")
 
 
+def add_grad_values_paired(padded, taps: PointTaps, grad_out):
+  """grad_input for two adjacent taps per axis (linear), each pair along the last axis one window.
+
+  XLA's CPU scatter-add pays per update row: with one channel, a row of two
+  adjacent pixels costs little more than a row of one, so this halves the
+  rows (scatter alone 0.63x the time; with 2 or more channels the windows
+  were 1.4-2.4x slower). A pair's window may start one pixel before the
+  input or end one after it, so the accumulator has a one-pixel margin.
+
+  Args:
+    padded: (*(spatial_in + 2), C) gradient so far, pixel ``i`` at ``i + 1``.
+    taps: the taps of P points, two per axis, the second one pixel after the
+      first.
+    grad_out: (P, C) incoming gradient of those points.
+
+  Returns:
+    ``padded`` plus these points' contributions.
+  """
+  ndim = len(taps.sizes)
+  inside = [_inside(axis, size) for axis, size in zip(taps.axes, taps.sizes)]  # (2, P) per axis
+
+  def start(axis, size, row):
+    # The padded index of a window's first pixel; a point whose taps all lie
+    # outside writes zeros, anywhere in range.
+    first = axis.position[row]
+    ok = (first >= -1) & (first <= size - 1)
+    return jnp.where(ok, first, -1).astype(jnp.int32) + 1
+
+  last = taps.axes[-1]
+  index_rows, update_rows = [], []
+  for combo in itertools.product(range(2), repeat=ndim - 1):
+    # Index: the lead axes' taps in ``combo``, the last axis's pair from its first tap.
+    index_rows.append(jnp.stack([start(axis, size, k) for axis, size, k in
+                                 zip(taps.axes[:-1], taps.sizes[:-1], combo)]
+                                + [start(last, taps.sizes[-1], 0)], axis=-1))  # (P, ndim)
+    lead_weight = math.prod([axis.weight[k] for axis, k in zip(taps.axes[:-1], combo)])
+    lead_inside = _all([ok[k] for ok, k in zip(inside[:-1], combo)])
+    pair = [_mask(per_point(lead_weight * last.weight[k], True) * grad_out,
+                  per_point(lead_inside & inside[-1][k], True)) for k in range(2)]
+    update_rows.append(jnp.stack(pair, axis=1))  # (P, 2, C)
+  index = jnp.stack(index_rows, axis=1)  # (P, R, ndim), R = 2 ** (ndim - 1)
+  updates = jnp.stack(update_rows, axis=1)  # (P, R, 2, C)
+  dims = lax.ScatterDimensionNumbers(update_window_dims=(2, 3), inserted_window_dims=tuple(range(ndim - 1)),
+                                     scatter_dims_to_operand_dims=tuple(range(ndim)))
+  return lax.scatter_add(padded, index, updates, dims, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
 def grad_points(values, taps: PointTaps, grad_out, points):
   """grad_grid: (P, ndim), per axis ``sum_k slope_k * sum_c grad_out_c * value_kc``."""
   if taps.axes[0].slope is None:

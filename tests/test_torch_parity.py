@@ -118,10 +118,12 @@ def test_double_backward_with_many_channels(combination):
 
 
 def _channel_threshold_cases():
-  # Either side of the channel count up to which the bilinear/trilinear grid
-  # gradient materialises each channel's terms (_kernel.FEW_CHANNELS).
+  # The channel counts where the bilinear/trilinear backward changes form:
+  # one channel (paired scatter-add), and either side of the count up to
+  # which the grid gradient materialises each channel's terms
+  # (_kernel.FEW_CHANNELS).
   for ndim, few in sorted(_kernel.FEW_CHANNELS.items()):
-    for channels in (few, few + 1):
+    for channels in (1, few, few + 1):
       for padding in cases.PADDINGS:
         for ac in (False, True):
           yield ndim, channels, padding, ac
@@ -129,9 +131,9 @@ def _channel_threshold_cases():
 
 @pytest.mark.parametrize("dtype", cases.DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("ndim,channels,padding,ac", list(_channel_threshold_cases()))
-def test_grid_gradient_either_side_of_few_channels(ndim, channels, padding, ac, dtype):
-  """Bilinear with hard points on both sides of the grid gradient's few-channel form; float64 adds
-  the double backward."""
+def test_backward_forms_by_channel_count(ndim, channels, padding, ac, dtype):
+  """Bilinear with hard points at one channel and on both sides of the grid gradient's few-channel
+  form; float64 adds the double backward."""
   rng = np.random.default_rng(cases.stable_seed("channels", ndim, channels, padding, ac, np.dtype(dtype).name))
   case = cases.make_case(rng, ndim, "bilinear", padding, ac, dtype)
   batch = case["inp"].shape[0]
