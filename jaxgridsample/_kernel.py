@@ -562,12 +562,12 @@ def add_grad_values_paired(padded, taps: PointTaps, grad_out):
     return jnp.where(ok, first, -1).astype(jnp.int32) + 1
 
   last = taps.axes[-1]
+  pair_start = start(last, taps.sizes[-1], 0)
   index_rows, update_rows = [], []
   for combo in itertools.product(range(2), repeat=ndim - 1):
-    # Index: the lead axes' taps in ``combo``, the last axis's pair from its first tap.
-    index_rows.append(jnp.stack([start(axis, size, k) for axis, size, k in
-                                 zip(taps.axes[:-1], taps.sizes[:-1], combo)]
-                                + [start(last, taps.sizes[-1], 0)], axis=-1))  # (P, ndim)
+    # Index: the lead axes' taps in ``combo``, then the pair's start on the last axis.
+    lead_starts = [start(axis, size, k) for axis, size, k in zip(taps.axes[:-1], taps.sizes[:-1], combo)]
+    index_rows.append(jnp.stack(lead_starts + [pair_start], axis=-1))  # (P, ndim)
     lead_weight = math.prod([axis.weight[k] for axis, k in zip(taps.axes[:-1], combo)])
     lead_inside = _all([ok[k] for ok, k in zip(inside[:-1], combo)])
     pair = [_mask(per_point(lead_weight * last.weight[k], True) * grad_out,
