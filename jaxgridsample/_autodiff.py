@@ -193,6 +193,11 @@ def _sample_fwd(values, grid, mode, padding_mode, align_corners, channels_last):
 # Of 0.25, 1, 4 and 16 MiB, 1 MiB was fastest overall.
 BACKWARD_CHUNK_BYTES = 1 << 20
 
+# From this many channels, the linear backward transposes the
+# channels-first incoming gradient to channel rows once, before its loop
+# (see ``_backward``).
+ROWS_BEFORE_LOOP_CHANNELS = 32
+
 
 def _chunk_size(num_points: int, bytes_per_point: int, budget: int) -> int:
   """Points per chunk (at least 64, at most all of them).
@@ -270,8 +275,16 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
   # (bicubic, tricubic) a transpose of the next chunk, carried like its taps,
   # is cheaper. Measured fwd+bwd, bicubic: C = 32 0.59x, C = 16 0.88x,
   # C = 8 0.92-1.0x; tricubic C = 8 1.0x. With 4 or 8 taps (bilinear,
-  # trilinear) it was 1.0-1.3x slower, so they keep the fused read.
+  # trilinear) it was 1.0-1.3x slower, so they keep the fused read, except
+  # with many channels: then the fused read of a point's gradient touches C
+  # cache lines per tap, and the whole gradient is transposed once, before
+  # the loop. Measured fwd+bwd, bilinear: C = 16-24 0.98-1.02x, C = 32
+  # 0.86-0.94x, C = 64 0.70x; trilinear C = 16 1.12x, C = 32 0.83-0.94x,
+  # C = 64 0.75x; but nearest (one tap) C = 32 1.1x. The transposed copy
+  # adds up to the output's size to the backward's temporaries (feature
+  # maps: 2.0x -> 2.2x the input and grid).
   channels = values.shape[-1 if channels_last else 1]
+  rows_before_loop = not channels_last and mode == "bilinear" and channels >= ROWS_BEFORE_LOOP_CHANNELS
   # With at most 3 channels, the scatter of 16 or 64 taps (bicubic,
   # tricubic) writes channel planes straight into the caller's layout
   # instead: no transpose of grad_values, and its updates read the incoming
@@ -285,6 +298,7 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
   # one-pixel margin, cut off at the end.
   paired = mode == "bilinear" and channels == 1
   transpose_ahead = not channels_last and not unrolled
+  grad_rows = jnp.swapaxes(grad_out, 1, 2) if rows_before_loop else None  # (N, P, C)
 
   def one_sample(values, coordinates, grad_values, chunk_points, chunk_grad, chunk_grad_last):
     taps = _kernel.taps_at(family, coordinates, spatial_shape, padding_mode, align_corners)
@@ -319,7 +333,9 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
     grad_values, grad_points = carry
     chunk_points = jax.lax.dynamic_slice_in_dim(points, start, size, axis=1)
     chunk_grad = chunk_of_grad(start, size)
-    if rows is None:
+    if rows_before_loop:
+      rows = jax.lax.dynamic_slice_in_dim(grad_rows, start, size, axis=1)
+    elif rows is None:
       rows = as_rows(chunk_grad)
     grad_values, chunk_grad_points = jax.vmap(one_sample)(values_read, coordinates, grad_values, chunk_points,
                                                           chunk_grad, rows)

@@ -42,6 +42,20 @@ def _gradients(inp, grid, cotangent, mode, padding):
 
 @pytest.mark.parametrize("ndim,mode,padding", CONFIGS)
 def test_many_chunks_match_one_chunk(ndim, mode, padding, monkeypatch):
+  _assert_chunking_invariant(ndim, mode, padding, monkeypatch)
+
+
+@pytest.mark.parametrize("ndim,padding", list(itertools.product((2, 3), ("zeros", "border", "reflection"))))
+def test_many_chunks_with_incoming_gradient_transposed_before_loop(ndim, padding, monkeypatch):
+  # From _autodiff.ROWS_BEFORE_LOOP_CHANNELS channels, the linear backward
+  # slices each chunk's channel rows out of one transposed copy of the
+  # incoming gradient; a threshold of one channel takes that path here.
+  jax.clear_caches()
+  monkeypatch.setattr(_autodiff, "ROWS_BEFORE_LOOP_CHANNELS", 1)
+  _assert_chunking_invariant(ndim, "bilinear", padding, monkeypatch)
+
+
+def _assert_chunking_invariant(ndim, mode, padding, monkeypatch):
   with jax.enable_x64(True):
     inp, grid, cotangent = _case(ndim, mode, padding)
     one_chunk = _gradients(inp, grid, cotangent, mode, padding)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from jax_side import jax_grid_sample
 
-from jaxgridsample import _kernel
+from jaxgridsample import _autodiff, _kernel
 
 torch_oracle = pytest.importorskip("torch_oracle")
 if torch_oracle.torch is None:
@@ -119,11 +119,12 @@ def test_double_backward_with_many_channels(combination):
 
 def _channel_threshold_cases():
   # The channel counts where the bilinear/trilinear backward changes form:
-  # one channel (paired scatter-add), and either side of the count up to
-  # which the grid gradient materialises each channel's terms
-  # (_kernel.FEW_CHANNELS).
+  # one channel (paired scatter-add), either side of the count up to which
+  # the grid gradient materialises each channel's terms
+  # (_kernel.FEW_CHANNELS), and the count from which the incoming gradient
+  # is transposed before the loop (_autodiff.ROWS_BEFORE_LOOP_CHANNELS).
   for ndim, few in sorted(_kernel.FEW_CHANNELS.items()):
-    for channels in (1, few, few + 1):
+    for channels in (1, few, few + 1, _autodiff.ROWS_BEFORE_LOOP_CHANNELS):
       for padding in cases.PADDINGS:
         for ac in (False, True):
           yield ndim, channels, padding, ac
