@@ -193,13 +193,19 @@ def _sample_fwd(values, grid, mode, padding_mode, align_corners, channels_last):
 # Of 0.25, 1, 4 and 16 MiB, 1 MiB was fastest overall.
 BACKWARD_CHUNK_BYTES = 1 << 20
 
-# Up to this many channels, the linear backward scatter-adds each point's
-# taps in pairs along the last axis, one window of 2C values per pair
-# (``_kernel.add_grad_values_paired``) instead of one row of C per tap.
-# Measured fwd+bwd against rows: 2-D C = 2 0.55x, C = 3 0.75x, C = 4 0.63x,
-# C = 8 0.95x; 3-D C = 3-6 0.77-0.82x, C = 8 0.99x; but C = 16 1.2x (and
-# 2.1x for 16 channels downsampled 4x), C = 24-64 1.0-1.3x.
-PAIRED_MAX_CHANNELS = 8
+# The channel counts (by mode) for which the backward scatter-adds each
+# point's adjacent taps along the last axis as one window of T * C values
+# (``_kernel.add_grad_values_in_windows``) instead of one row of C per tap.
+# Measured fwd+bwd against rows (linear at C = 1: against (2, 1) windows):
+# * bilinear, pairs: C = 1 0.92-0.95x, C = 2 0.55x, C = 3 0.75x, C = 4
+#   0.61-0.63x, C = 8 0.95-1.02x; trilinear C = 1 0.84-0.94x, C = 3-6
+#   0.77-0.82x, C = 8 0.99x; but C = 16 1.2x (2.1x for 16 channels
+#   downsampled 4x) and C = 24-64 1.0-1.3x;
+# * bicubic under zeros padding (only there are the four taps adjacent):
+#   C = 2 0.96x, C = 3 0.88x, C = 8 0.83-0.84x, C = 16 0.92x, C = 32 0.98x;
+#   tricubic C = 3 0.87x, C = 8 0.96x, C = 16 0.84x; but C = 1 1.06x
+#   against scattering into the channel plane.
+WINDOW_CHANNELS = {"bilinear": range(1, 9), "bicubic": range(2, 17)}
 
 # From this many channels, the linear backward transposes the
 # channels-first incoming gradient to channel rows once, before its loop
@@ -293,18 +299,22 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
   # maps: 2.0x -> 2.2x the input and grid).
   channels = values.shape[-1 if channels_last else 1]
   rows_before_loop = not channels_last and mode == "bilinear" and channels >= ROWS_BEFORE_LOOP_CHANNELS
-  # With at most 3 channels, the scatter of 16 or 64 taps (bicubic,
+  # With at most 3 channels and no windows (below: one channel, or border
+  # and reflection padding), the scatter of 16 or 64 taps (bicubic,
   # tricubic) writes channel planes straight into the caller's layout
   # instead: no transpose of grad_values, and its updates read the incoming
   # gradient's planes (the grid gradient still reads the transposed rows).
   # Measured fwd+bwd: bicubic C = 3 0.78-0.82x, tricubic C = 3 0.89x, C = 2
   # 0.96x, C = 4 1.02x, C = 8 1.16-1.20x; bilinear or nearest with C = 3 or 4
   # 1.07-1.28x.
-  scatter_planes = not channels_last and not unrolled and channels <= 3
-  # With few channels, linear taps scatter-add in pairs along the last axis
-  # (``_kernel.add_grad_values_paired``) into an accumulator with a
-  # one-pixel margin, cut off at the end.
-  paired = mode == "bilinear" and channels <= PAIRED_MAX_CHANNELS
+  # Adjacent taps scatter-add as windows along the last axis (see
+  # ``WINDOW_CHANNELS``) into an accumulator with a margin, cut off at the
+  # end. Bicubic taps under border and reflection padding are padded one by
+  # one, so they are not adjacent.
+  windowed = (channels in WINDOW_CHANNELS.get(mode, ())
+              and (mode == "bilinear" or padding_mode == "zeros"))
+  margin = _TAPS_PER_AXIS[mode] - 1
+  scatter_planes = not channels_last and not unrolled and channels <= 3 and not windowed
   transpose_ahead = not channels_last and not unrolled
   grad_rows = jnp.swapaxes(grad_out, 1, 2) if rows_before_loop else None  # (N, P, C)
 
@@ -312,8 +322,8 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
     taps = _kernel.taps_at(family, coordinates, spatial_shape, padding_mode, align_corners)
     if scatter_planes:
       grad_values = _kernel.add_grad_values(grad_values, taps, chunk_grad, channels_last=False)
-    elif paired:
-      grad_values = _kernel.add_grad_values_paired(grad_values, taps, chunk_grad_last)
+    elif windowed:
+      grad_values = _kernel.add_grad_values_in_windows(grad_values, taps, chunk_grad_last)
     else:
       grad_values = _kernel.add_grad_values(grad_values, taps, chunk_grad_last)
     if unrolled:
@@ -351,14 +361,15 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
 
   if scatter_planes:
     grad_values = jnp.zeros((values.shape[0], channels) + spatial_shape, values.dtype)
-  elif paired:
-    grad_values = jnp.zeros((values.shape[0],) + tuple(s + 2 for s in spatial_shape) + (channels,), values.dtype)
+  elif windowed:
+    grad_values = jnp.zeros((values.shape[0],) + tuple(s + 2 * margin for s in spatial_shape) + (channels,),
+                            values.dtype)
   else:
     grad_values = jnp.zeros((values.shape[0],) + spatial_shape + (channels,), values.dtype)
   grad_values, grad_points = _over_chunks(prepare, one_chunk, points.shape[1], chunk,
                                           (grad_values, jnp.zeros_like(points)))
-  if paired:
-    grad_values = grad_values[(slice(None),) + (slice(1, -1),) * len(spatial_shape)]
+  if windowed:
+    grad_values = grad_values[(slice(None),) + (slice(margin, -margin),) * len(spatial_shape)]
   if not scatter_planes:
     grad_values = _from_channels_last(grad_values, channels_last)
   return grad_values, grad_points

@@ -533,22 +533,24 @@ def add_grad_values(accumulator, taps: PointTaps, grad_out, channels_last: bool 
   return accumulator.at[index].add(updates, mode="promise_in_bounds")
 
 
-def add_grad_values_paired(padded, taps: PointTaps, grad_out):
-  """grad_input for two adjacent taps per axis (linear), each pair along the last axis one window.
+def add_grad_values_in_windows(padded, taps: PointTaps, grad_out):
+  """grad_input for adjacent taps (linear, or bicubic under zeros padding), one window per row of taps.
 
-  XLA's CPU scatter-add pays per update row: a row of two adjacent pixels
-  costs little more than a row of one, so pairs halve the rows. The last
-  spatial axis is merged with the channels, so each pair is one contiguous
-  window of 2C values (scatter alone, 384x384: C = 1 0.55x, C = 3 0.63-0.77x,
-  C = 8 0.71x, C = 32 0.84x the time of rows; a two-dimensional (2, C)
-  window was 1.4-3x slower than rows). A pair's window may start one pixel
-  before the input or end one after it, so the accumulator has a one-pixel
-  margin.
+  Each point's T taps along the last axis are adjacent pixels. With the last
+  spatial axis merged with the channels, they are one contiguous window of
+  T * C values, and XLA's CPU scatter-add, which pays per update row, writes
+  T ** (ndim - 1) windows per point instead of T ** ndim rows of C (linear
+  pairs, scatter alone, 384x384: C = 1 0.55x, C = 3 0.63-0.77x, C = 8 0.71x,
+  C = 32 0.84x the time of rows; a two-dimensional (T, C) window was 1.4-3x
+  slower than rows). A window may start up to T - 1 pixels before the input
+  or end as far after it, so the accumulator has a margin of T - 1 pixels
+  on every axis.
 
   Args:
-    padded: (*(spatial_in + 2), C) gradient so far, pixel ``i`` at ``i + 1``.
-    taps: the taps of P points, two per axis, the second one pixel after the
-      first.
+    padded: (*(spatial_in + 2 * (T - 1)), C) gradient so far, pixel ``i`` at
+      ``i + T - 1``.
+    taps: the taps of P points, T per axis, each one pixel after the one
+      before.
     grad_out: (P, C) incoming gradient of those points.
 
   Returns:
@@ -556,32 +558,33 @@ def add_grad_values_paired(padded, taps: PointTaps, grad_out):
   """
   ndim = len(taps.sizes)
   channels = padded.shape[-1]
-  rows = 2 ** (ndim - 1)
+  per_axis = taps.axes[0].position.shape[0]
+  margin = per_axis - 1
+  rows = per_axis ** (ndim - 1)
 
   def start(axis, size, row):
-    # The padded index of a window's first pixel; a point whose taps all lie
-    # outside writes zeros, anywhere in range.
+    # The padded index of a window's first pixel (or of one lead-axis tap);
+    # a point whose taps all lie outside writes zeros, anywhere in range.
     first = axis.position[row]
-    ok = (first >= -1) & (first <= size - 1)
-    return jnp.where(ok, first, -1).astype(jnp.int32) + 1
+    ok = (first >= -margin) & (first <= size - 1)
+    return jnp.where(ok, first, -margin).astype(jnp.int32) + margin
 
-  pair_start = start(taps.axes[-1], taps.sizes[-1], 0) * channels
+  window_start = start(taps.axes[-1], taps.sizes[-1], 0) * channels
   index_rows = []
-  for combo in itertools.product(range(2), repeat=ndim - 1):
-    # Index: the lead axes' taps in ``combo``, then the pair's start on the last axis.
+  for combo in itertools.product(range(per_axis), repeat=ndim - 1):
+    # Index: the lead axes' taps in ``combo``, then the window's start on the last axis.
     lead_starts = [start(axis, size, k) for axis, size, k in zip(taps.axes[:-1], taps.sizes[:-1], combo)]
-    index_rows.append(jnp.stack(lead_starts + [pair_start], axis=-1))  # (P, ndim)
-  index = jnp.stack(index_rows, axis=1)  # (P, R, ndim), R = 2 ** (ndim - 1)
-  # The tap table's order (last axis fastest) puts each pair side by side: (K, P) -> (P, R, 2).
+    index_rows.append(jnp.stack(lead_starts + [window_start], axis=-1))  # (P, ndim)
+  index = jnp.stack(index_rows, axis=1)  # (P, R, ndim), R = T ** (ndim - 1)
+  # The tap table's order (last axis fastest) puts each window's taps side by side: (K, P) -> (P, R, T).
   table = tap_table(taps)
-  weight = table.weight.T.reshape(-1, rows, 2)
-  inside = table.inside.T.reshape(-1, rows, 2)
-  updates = _mask(weight[..., None] * grad_out[:, None, None, :], inside[..., None])  # (P, R, 2, C)
-  # The last spatial axis merged with the channels: each pair is one window of 2C values.
+  weight = table.weight.T.reshape(-1, rows, per_axis)
+  inside = table.inside.T.reshape(-1, rows, per_axis)
+  updates = _mask(weight[..., None] * grad_out[:, None, None, :], inside[..., None])  # (P, R, T, C)
   merged = padded.reshape(padded.shape[:-2] + (padded.shape[-2] * channels,))
   dims = lax.ScatterDimensionNumbers(update_window_dims=(2,), inserted_window_dims=tuple(range(ndim - 1)),
                                      scatter_dims_to_operand_dims=tuple(range(ndim)))
-  merged = lax.scatter_add(merged, index, updates.reshape(updates.shape[:2] + (2 * channels,)), dims,
+  merged = lax.scatter_add(merged, index, updates.reshape(updates.shape[:2] + (per_axis * channels,)), dims,
                            mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
   return merged.reshape(padded.shape)
 

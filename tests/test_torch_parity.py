@@ -118,31 +118,40 @@ def test_double_backward_with_many_channels(combination):
 
 
 def _channel_threshold_cases():
-  # The channel counts where the bilinear/trilinear backward changes form:
-  # one channel (paired scatter-add), either side of the count up to which
-  # the grid gradient materialises each channel's terms
-  # (_kernel.FEW_CHANNELS), and the count from which the incoming gradient
-  # is transposed before the loop (_autodiff.ROWS_BEFORE_LOOP_CHANNELS).
+  # The channel counts where the backward changes form. Bilinear/trilinear:
+  # either side of the counts that scatter-add tap pairs as windows
+  # (_autodiff.WINDOW_CHANNELS), that materialise each channel's grid
+  # gradient terms (_kernel.FEW_CHANNELS), and from which the incoming
+  # gradient is transposed before the loop
+  # (_autodiff.ROWS_BEFORE_LOOP_CHANNELS). Bicubic: either side of its
+  # window counts, under zeros padding (the only one with adjacent taps).
+  pairs = _autodiff.WINDOW_CHANNELS["bilinear"]
   for ndim, few in sorted(_kernel.FEW_CHANNELS.items()):
-    for channels in (1, few, few + 1, _autodiff.ROWS_BEFORE_LOOP_CHANNELS):
+    counts = {pairs[0], few, few + 1, pairs[-1], pairs[-1] + 1, _autodiff.ROWS_BEFORE_LOOP_CHANNELS}
+    for channels in sorted(counts):
       for padding in cases.PADDINGS:
         for ac in (False, True):
-          yield ndim, channels, padding, ac
+          yield ndim, "bilinear", channels, padding, ac
+  quads = _autodiff.WINDOW_CHANNELS["bicubic"]
+  for channels in (quads[0] - 1, quads[0], quads[-1], quads[-1] + 1):
+    for ac in (False, True):
+      yield 2, "bicubic", channels, "zeros", ac
 
 
 @pytest.mark.parametrize("dtype", cases.DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("ndim,channels,padding,ac", list(_channel_threshold_cases()))
-def test_backward_forms_by_channel_count(ndim, channels, padding, ac, dtype):
-  """Bilinear with hard points at one channel and on both sides of the grid gradient's few-channel
-  form; float64 adds the double backward."""
-  rng = np.random.default_rng(cases.stable_seed("channels", ndim, channels, padding, ac, np.dtype(dtype).name))
-  case = cases.make_case(rng, ndim, "bilinear", padding, ac, dtype)
+@pytest.mark.parametrize("ndim,mode,channels,padding,ac", list(_channel_threshold_cases()))
+def test_backward_forms_by_channel_count(ndim, mode, channels, padding, ac, dtype):
+  """Hard points on both sides of every channel count where the backward changes form; float64
+  adds the double backward."""
+  rng = np.random.default_rng(
+      cases.stable_seed("channels", ndim, mode, channels, padding, ac, np.dtype(dtype).name))
+  case = cases.make_case(rng, ndim, mode, padding, ac, dtype)
   batch = case["inp"].shape[0]
   inp = rng.standard_normal((batch, channels) + case["inp"].shape[2:]).astype(dtype)
   grad_out = rng.standard_normal((batch, channels) + case["grad_out"].shape[2:]).astype(dtype)
   ddot = (rng.standard_normal(inp.shape).astype(dtype), case["w"]) if dtype == np.float64 else None
-  expected = torch_oracle.torch_grid_sample(inp, case["grid"], grad_out, "bilinear", padding, ac, ddot=ddot)
-  ours = jax_grid_sample(inp, case["grid"], grad_out, "bilinear", padding, ac, ddot=ddot)
+  expected = torch_oracle.torch_grid_sample(inp, case["grid"], grad_out, mode, padding, ac, ddot=ddot)
+  ours = jax_grid_sample(inp, case["grid"], grad_out, mode, padding, ac, ddot=ddot)
   second_order = {"dd_input", "dd_grid", "dd_grad_out"} if ddot else set()
   assert set(expected) == {"out", "grad_input", "grad_grid"} | second_order
   for field, value in expected.items():
