@@ -198,9 +198,10 @@ BACKWARD_CHUNK_BYTES = 1 << 20
 # (``_kernel.add_grad_values_in_windows``) instead of one row of C per tap.
 # Measured fwd+bwd against rows (linear at C = 1: against (2, 1) windows):
 # * bilinear, pairs: C = 1 0.92-0.95x, C = 2 0.55x, C = 3 0.75x, C = 4
-#   0.61-0.63x, C = 8 0.95-1.02x; trilinear C = 1 0.84-0.94x, C = 3-6
-#   0.77-0.82x, C = 8 0.99x; but C = 16 1.2x (2.1x for 16 channels
-#   downsampled 4x) and C = 24-64 1.0-1.3x;
+#   0.61-0.82x, C = 6 0.71-0.81x, C = 8 about even (0.95-1.06x: 192x192
+#   0.95-0.97x, 64x64 upsampled 4x 1.01-1.06x); trilinear C = 1
+#   0.84-0.94x, C = 3-6 0.77-0.82x, C = 8 0.95-0.99x; but C = 16 1.2x
+#   (2.1x for 16 channels downsampled 4x) and C = 24-64 1.0-1.3x;
 # * bicubic under zeros padding (only there are the four taps adjacent):
 #   C = 2 0.96x, C = 3 0.88x, C = 8 0.83-0.84x, C = 16 0.92x, C = 32 0.98x;
 #   tricubic C = 3 0.87x, C = 8 0.96x, C = 16 0.84x; but C = 1 1.06x
