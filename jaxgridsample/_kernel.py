@@ -570,11 +570,12 @@ def add_grad_values_in_windows(padded, taps: PointTaps, grad_out):
     return jnp.where(ok, first, -margin).astype(jnp.int32) + margin
 
   window_start = start(taps.axes[-1], taps.sizes[-1], 0) * channels
+  lead_starts = [[start(axis, size, k) for k in range(per_axis)] for axis, size in zip(taps.axes[:-1], taps.sizes[:-1])]
   index_rows = []
   for combo in itertools.product(range(per_axis), repeat=ndim - 1):
     # Index: the lead axes' taps in ``combo``, then the window's start on the last axis.
-    lead_starts = [start(axis, size, k) for axis, size, k in zip(taps.axes[:-1], taps.sizes[:-1], combo)]
-    index_rows.append(jnp.stack(lead_starts + [window_start], axis=-1))  # (P, ndim)
+    row = [starts[k] for starts, k in zip(lead_starts, combo)]
+    index_rows.append(jnp.stack(row + [window_start], axis=-1))  # (P, ndim)
   index = jnp.stack(index_rows, axis=1)  # (P, R, ndim), R = T ** (ndim - 1)
   # The tap table's order (last axis fastest) puts each window's taps side by side: (K, P) -> (P, R, T).
   table = tap_table(taps)
