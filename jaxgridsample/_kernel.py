@@ -551,7 +551,8 @@ def add_grad_values_in_windows(padded, taps: PointTaps, grad_out):
       ``i + T - 1``.
     taps: the taps of P points, T per axis, each one pixel after the one
       before.
-    grad_out: (P, C) incoming gradient of those points.
+    grad_out: (P, C') incoming gradient of those points, C' <= C; channels
+      C' and after get zero.
 
   Returns:
     ``padded`` plus these points' contributions.
@@ -581,6 +582,7 @@ def add_grad_values_in_windows(padded, taps: PointTaps, grad_out):
   table = tap_table(taps)
   weight = table.weight.T.reshape(-1, rows, per_axis)
   inside = table.inside.T.reshape(-1, rows, per_axis)
+  grad_out = jnp.pad(grad_out, ((0, 0), (0, channels - grad_out.shape[-1])))
   updates = _mask(weight[..., None] * grad_out[:, None, None, :], inside[..., None])  # (P, R, T, C)
   merged = padded.reshape(padded.shape[:-2] + (padded.shape[-2] * channels,))
   dims = lax.ScatterDimensionNumbers(update_window_dims=(2,), inserted_window_dims=tuple(range(ndim - 1)),

@@ -123,11 +123,13 @@ def _channel_threshold_cases():
   # (_autodiff.WINDOW_CHANNELS), that materialise each channel's grid
   # gradient terms (_kernel.FEW_CHANNELS), and from which the incoming
   # gradient is transposed before the loop
-  # (_autodiff.ROWS_BEFORE_LOOP_CHANNELS). Bicubic: either side of its
+  # (_autodiff.ROWS_BEFORE_LOOP_CHANNELS), and the counts whose windows get
+  # zero channels added (_autodiff.WINDOW_PADDED_CHANNELS). Bicubic: either side of its
   # window counts, under zeros padding (the only one with adjacent taps).
   pairs = _autodiff.WINDOW_CHANNELS["bilinear"]
   for ndim, few in sorted(_kernel.FEW_CHANNELS.items()):
-    counts = {pairs[0], few, few + 1, pairs[-1], pairs[-1] + 1, _autodiff.ROWS_BEFORE_LOOP_CHANNELS}
+    counts = {pairs[0], few, few + 1, pairs[-1], pairs[-1] + 1, _autodiff.ROWS_BEFORE_LOOP_CHANNELS,
+              *_autodiff.WINDOW_PADDED_CHANNELS}
     for channels in sorted(counts):
       for padding in cases.PADDINGS:
         for ac in (False, True):
