@@ -209,12 +209,33 @@ BACKWARD_CHUNK_BYTES = 1 << 20
 WINDOW_CHANNELS = {"bilinear": range(1, 9), "bicubic": range(2, 17)}
 
 # Channel counts whose bilinear windows scatter with zero channels added
-# (cut off at the end): XLA's CPU scatter-add writes a window of 8 values
-# faster than one of 6 (scatter alone, 384x384: 0.65-0.75x the time).
-# Measured fwd+bwd, three channels (RGB): image 0.78-0.85x, trilinear
-# 0.90-0.94x. Padding 5 or 7 channels to 6 or 8 gained 0.88-0.99x in 2-D
-# but lost 1.12-1.21x in 3-D with 7.
+# (cut off at the end; see ``scatter_channels``): windows of 2 * 3 values
+# take 2 * 4. Measured fwd+bwd, three channels (RGB): image 0.78-0.85x,
+# trilinear 0.90-0.94x. Padding 5 or 7 channels to 6 or 8 gained 0.88-0.99x
+# in 2-D but lost 1.12-1.21x in 3-D with 7 (its updates' fusion ran 3x
+# slower).
 WINDOW_PADDED_CHANNELS = {3: 4}
+
+
+def scatter_channels(mode: str, channels: int, windowed: bool) -> int:
+  """The channel count of the backward's channels-last accumulator.
+
+  XLA's CPU scatter-add writes a window (or row) of ``w`` values 1.5-2x
+  slower when ``w`` is 2 more than a multiple of 4 (w = 6, 10, 14, 18, 22)
+  than one value more or less (scatter alone, 384x384: w = 6 8.9 ms, 7 6.2
+  ms, 8 6.1 ms; w = 14 25.7 ms, 13 12.0 ms). Such channel counts get a zero
+  channel or two, cut off at the end: the bilinear windows of
+  ``WINDOW_PADDED_CHANNELS``, and rows of 6, 10, 14, ... channels of the
+  linear and nearest modes (one more channel). Measured fwd+bwd, rows:
+  bilinear C = 10 0.88x, C = 14 0.85x, C = 18 0.87x, trilinear C = 10
+  0.94x, nearest C = 6 0.90x, C = 10 0.91x; but bicubic C = 6 or 10
+  1.08-1.14x (C = 18 0.83-0.84x), so bicubic keeps its rows as they are.
+  """
+  if windowed:
+    return WINDOW_PADDED_CHANNELS.get(channels, channels) if mode == "bilinear" else channels
+  if mode != "bicubic" and channels >= 6 and channels % 4 == 2:
+    return channels + 1
+  return channels
 
 # From this many channels, the linear backward transposes the
 # channels-first incoming gradient to channel rows once, before its loop
@@ -323,9 +344,7 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
   windowed = (channels in WINDOW_CHANNELS.get(mode, ())
               and (mode == "bilinear" or padding_mode == "zeros"))
   margin = _TAPS_PER_AXIS[mode] - 1
-  window_channels = channels
-  if windowed and mode == "bilinear":
-    window_channels = WINDOW_PADDED_CHANNELS.get(channels, channels)
+  accumulator_channels = scatter_channels(mode, channels, windowed)
   scatter_planes = not channels_last and not unrolled and channels <= 3 and not windowed
   transpose_ahead = not channels_last and not unrolled
   grad_rows = jnp.swapaxes(grad_out, 1, 2) if rows_before_loop else None  # (N, P, C)
@@ -374,16 +393,16 @@ def _backward(values, points, grad_out, *, mode, padding_mode, align_corners, ch
   if scatter_planes:
     grad_values = jnp.zeros((values.shape[0], channels) + spatial_shape, values.dtype)
   elif windowed:
-    grad_values = jnp.zeros((values.shape[0],) + tuple(s + 2 * margin for s in spatial_shape) + (window_channels,),
-                            values.dtype)
+    grad_values = jnp.zeros((values.shape[0],) + tuple(s + 2 * margin for s in spatial_shape)
+                            + (accumulator_channels,), values.dtype)
   else:
-    grad_values = jnp.zeros((values.shape[0],) + spatial_shape + (channels,), values.dtype)
+    grad_values = jnp.zeros((values.shape[0],) + spatial_shape + (accumulator_channels,), values.dtype)
   grad_values, grad_points = _over_chunks(prepare, one_chunk, points.shape[1], chunk,
                                           (grad_values, jnp.zeros_like(points)))
   if windowed:
-    grad_values = grad_values[(slice(None),) + (slice(margin, -margin),) * len(spatial_shape) + (slice(0, channels),)]
+    grad_values = grad_values[(slice(None),) + (slice(margin, -margin),) * len(spatial_shape)]
   if not scatter_planes:
-    grad_values = _from_channels_last(grad_values, channels_last)
+    grad_values = _from_channels_last(grad_values[..., :channels], channels_last)
   return grad_values, grad_points
 
 

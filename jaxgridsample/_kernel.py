@@ -505,6 +505,11 @@ def spatial_gradient(values, taps: PointTaps):
   return jnp.stack([jnp.einsum("kp,pkc->pc", slope, reads) for slope in table.slopes[::-1]])
 
 
+def _with_zero_channels(rows, channels: int):
+  """(P, C') -> (P, channels): zero channels appended (see ``_autodiff.scatter_channels``)."""
+  return jnp.pad(rows, ((0, 0), (0, channels - rows.shape[-1])))
+
+
 def add_grad_values(accumulator, taps: PointTaps, grad_out, channels_last: bool = True):
   """grad_input: scatter-adds ``weight * grad_out`` to every tap inside the input.
 
@@ -512,8 +517,8 @@ def add_grad_values(accumulator, taps: PointTaps, grad_out, channels_last: bool 
     accumulator: (*spatial_in, C) gradient so far, or (C, *spatial_in) unless
       ``channels_last``.
     taps: the taps of P points.
-    grad_out: (P, C), or (C, P) unless ``channels_last``, incoming gradient
-      of those points.
+    grad_out: (P, C') with C' <= C (channels C' and after get zero), or
+      (C, P) unless ``channels_last``, incoming gradient of those points.
     channels_last: the layout of ``accumulator`` and ``grad_out``.
 
   Returns:
@@ -525,6 +530,7 @@ def add_grad_values(accumulator, taps: PointTaps, grad_out, channels_last: bool 
   # clamped index, where 0 * inf (a non-finite incoming gradient) would leave
   # a NaN that ATen never writes (it skips such taps).
   if channels_last:
+    grad_out = _with_zero_channels(grad_out, accumulator.shape[-1])
     updates = _mask(table.weight.T[..., None] * grad_out[:, None, :], table.inside.T[..., None])
   else:
     # (C, P, K) updates, each point's taps one window across the C planes.
@@ -582,7 +588,7 @@ def add_grad_values_in_windows(padded, taps: PointTaps, grad_out):
   table = tap_table(taps)
   weight = table.weight.T.reshape(-1, rows, per_axis)
   inside = table.inside.T.reshape(-1, rows, per_axis)
-  grad_out = jnp.pad(grad_out, ((0, 0), (0, channels - grad_out.shape[-1])))
+  grad_out = _with_zero_channels(grad_out, channels)
   updates = _mask(weight[..., None] * grad_out[:, None, None, :], inside[..., None])  # (P, R, T, C)
   merged = padded.reshape(padded.shape[:-2] + (padded.shape[-2] * channels,))
   dims = lax.ScatterDimensionNumbers(update_window_dims=(2,), inserted_window_dims=tuple(range(ndim - 1)),

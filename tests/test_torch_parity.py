@@ -123,17 +123,22 @@ def _channel_threshold_cases():
   # (_autodiff.WINDOW_CHANNELS), that materialise each channel's grid
   # gradient terms (_kernel.FEW_CHANNELS), and from which the incoming
   # gradient is transposed before the loop
-  # (_autodiff.ROWS_BEFORE_LOOP_CHANNELS), and the counts whose windows get
-  # zero channels added (_autodiff.WINDOW_PADDED_CHANNELS). Bicubic: either side of its
-  # window counts, under zeros padding (the only one with adjacent taps).
+  # (_autodiff.ROWS_BEFORE_LOOP_CHANNELS), and the counts whose scatter-add
+  # gets zero channels (_autodiff.scatter_channels): windows of 3, rows of
+  # 10. Nearest: rows of 5 and 6 channels (6 gets a zero channel). Bicubic:
+  # either side of its window counts, under zeros padding (the only one with
+  # adjacent taps).
   pairs = _autodiff.WINDOW_CHANNELS["bilinear"]
   for ndim, few in sorted(_kernel.FEW_CHANNELS.items()):
     counts = {pairs[0], few, few + 1, pairs[-1], pairs[-1] + 1, _autodiff.ROWS_BEFORE_LOOP_CHANNELS,
-              *_autodiff.WINDOW_PADDED_CHANNELS}
+              *_autodiff.WINDOW_PADDED_CHANNELS, 10}
     for channels in sorted(counts):
       for padding in cases.PADDINGS:
         for ac in (False, True):
           yield ndim, "bilinear", channels, padding, ac
+    for channels in (5, 6):
+      for padding in cases.PADDINGS:
+        yield ndim, "nearest", channels, padding, ndim == 2
   quads = _autodiff.WINDOW_CHANNELS["bicubic"]
   for channels in (quads[0] - 1, quads[0], quads[-1], quads[-1] + 1):
     for ac in (False, True):
