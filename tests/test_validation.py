@@ -186,7 +186,9 @@ def test_valid_calls_from_pytorch_error_checking_pass():
 # channels_last=True is the channels-first computation with the channel axis moved.
 
 
-@pytest.mark.parametrize("channels", (3, 5))  # 2-D bilinear reads taps by flat index from 4 channels on
+# 2-D bilinear reads taps by flat index from 4 channels on; bilinear windows of 3
+# channels and nearest rows of 6 scatter-add with a zero channel added.
+@pytest.mark.parametrize("channels", (3, 5, 6))
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("ndim", (2, 3))
 def test_channels_last_matches_channels_first(ndim, mode, channels):
