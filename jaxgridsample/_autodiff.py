@@ -223,8 +223,8 @@ def scatter_channels(mode: str, channels: int, windowed: bool) -> int:
   XLA's CPU scatter-add writes a window (or row) of ``w`` values 1.5-2x
   slower when ``w`` is 2 more than a multiple of 4 (w = 6, 10, 14, 18, 22)
   than one value more or less (scatter alone, 384x384: w = 6 8.9 ms, 7 6.2
-  ms, 8 6.1 ms; w = 14 25.7 ms, 13 12.0 ms). Such channel counts get a zero
-  channel or two, cut off at the end: the bilinear windows of
+  ms, 8 6.1 ms; w = 14 25.7 ms, 13 12.0 ms). Such channel counts get zero
+  channels, cut off at the end: the bilinear windows of
   ``WINDOW_PADDED_CHANNELS``, and rows of 6, 10, 14, ... channels of the
   linear and nearest modes (one more channel). Measured fwd+bwd, rows:
   bilinear C = 10 0.88x, C = 14 0.85x, C = 18 0.87x, trilinear C = 10
