@@ -15,12 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from ._autodiff import INTERPOLATION_FAMILIES, sample, sample_forward_mode
+from . import _cpu_kernel
+from ._autodiff import IMPLEMENTATIONS, INTERPOLATION_FAMILIES, sample, sample_forward_mode
 from ._coordinates import PADDING_MODES
 
 InterpolationMode = Literal["bilinear", "nearest", "bicubic"]
 PaddingMode = Literal["zeros", "border", "reflection"]
 AutodiffRule = Literal["vjp", "jvp"]
+Implementation = Literal["xla", "cpu"]
 
 # How grid_sample is differentiated: see grid_sample's ``autodiff`` argument.
 _AUTODIFF_RULES = {"vjp": sample, "jvp": sample_forward_mode}
@@ -116,6 +118,7 @@ def grid_sample(
     *,
     channels_last: bool = False,
     autodiff: AutodiffRule = "vjp",
+    implementation: Implementation | None = None,
 ) -> jax.Array:
   """Samples ``input`` at the normalised locations in ``grid``, as PyTorch does.
 
@@ -156,12 +159,19 @@ def grid_sample(
       ``jax.linearize`` and ``jax.hessian`` work, and reverse mode works by
       transposition at the cost of keeping the output's spatial derivative
       (``ndim`` times the output's size) between forward and backward.
+    implementation: "cpu" runs the forward and the first-order backward in
+      jaxgridsample's compiled CPU kernel (C++, called through XLA's FFI);
+      "xla" runs them as JAX operations, on any backend. None (the default)
+      picks "cpu" when JAX's default backend is the CPU and the kernel is
+      installed, else "xla". Both give the same results to rounding, and
+      higher derivatives are JAX operations either way.
 
   Returns:
     The sampled values, with ``input``'s dtype.
 
   Raises:
-    ValueError: unknown mode or padding_mode, wrong ranks or shapes.
+    ValueError: unknown mode or padding_mode, wrong ranks or shapes;
+      implementation="cpu" without the compiled kernel.
     TypeError: non-floating input or grid, non-bool align_corners.
 
   Examples:
@@ -183,11 +193,33 @@ def grid_sample(
   """
   _check_choice("autodiff", autodiff, tuple(_AUTODIFF_RULES))
   check_grid_sample_args(input, grid, mode, padding_mode, align_corners, channels_last)
-  return _grid_sample(input, grid, mode, padding_mode, bool(align_corners), bool(channels_last), autodiff)
+  spatial_shape = input.shape[1:-1] if channels_last else input.shape[2:]
+  implementation = choose_implementation(implementation, spatial_shape)
+  return _grid_sample(input, grid, mode, padding_mode, bool(align_corners), bool(channels_last), autodiff,
+                      implementation)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
-def _grid_sample(input, grid, mode, padding_mode, align_corners, channels_last, autodiff):
+def choose_implementation(implementation, spatial_shape) -> str:
+  """The implementation to run: ``implementation`` checked, or the default's choice for None."""
+  if implementation is None:
+    on_cpu = jax.default_backend() == "cpu"
+    return "cpu" if on_cpu and _cpu_kernel.usable_for(spatial_shape) else "xla"
+  if implementation not in IMPLEMENTATIONS:
+    valid = ", ".join(repr(c) for c in IMPLEMENTATIONS)
+    raise ValueError(f"grid_sample(): expected implementation to be None or one of {valid}, "
+                     f"but got: {implementation!r}")
+  if implementation == "cpu":
+    reason = _cpu_kernel.unavailable_reason()
+    if reason is not None:
+      raise ValueError(f"grid_sample(): implementation='cpu' needs the compiled CPU kernel, but {reason}")
+    if not _cpu_kernel.usable_for(spatial_shape):
+      raise ValueError(f"grid_sample(): implementation='cpu' addresses at most {_cpu_kernel.MAX_PIXELS} pixels "
+                       f"per channel, but the input's spatial shape is {tuple(spatial_shape)}; use 'xla'")
+  return implementation
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
+def _grid_sample(input, grid, mode, padding_mode, align_corners, channels_last, autodiff, implementation):
   # Compiled as one program even when called eagerly: op-by-op dispatch of
   # the many small coordinate ops would be slower than compiling once.
-  return _AUTODIFF_RULES[autodiff](input, grid, mode, padding_mode, align_corners, channels_last)
+  return _AUTODIFF_RULES[autodiff](input, grid, mode, padding_mode, align_corners, channels_last, implementation)

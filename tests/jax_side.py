@@ -9,11 +9,13 @@ import numpy as np
 from jaxgridsample import grid_sample
 
 
-def jax_grid_sample(inp, grid, grad_out, mode, padding_mode, align_corners, ddot=None, jit=True):
-  """Mirror of ``torch_oracle.torch_grid_sample`` for jaxgridsample."""
+def jax_grid_sample(inp, grid, grad_out, mode, padding_mode, align_corners, ddot=None, jit=True,
+                    implementation=None):
+  """Mirror of ``torch_oracle.torch_grid_sample`` for jaxgridsample (``implementation`` as grid_sample's)."""
 
   def first_order(i, g, o):
-    out, vjp = jax.vjp(lambda a, b: grid_sample(a, b, mode, padding_mode, align_corners), i, g)
+    out, vjp = jax.vjp(
+        lambda a, b: grid_sample(a, b, mode, padding_mode, align_corners, implementation=implementation), i, g)
     return (out,) + vjp(o)
 
   fn = jax.jit(first_order) if jit else first_order

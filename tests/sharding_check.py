@@ -6,6 +6,7 @@ JAX starts. Prints one JSON line with what the test asserts.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 
@@ -17,7 +18,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from jaxgridsample import grid_sample  # noqa: E402
+from jaxgridsample import _cpu_kernel, grid_sample  # noqa: E402
 
 COLLECTIVES = ("all-gather", "all-reduce", "collective-permute", "all-to-all", "reduce-scatter")
 
@@ -27,18 +28,20 @@ def main() -> None:
   mesh = Mesh(np.array(jax.devices()), ("batch",))
   batch = NamedSharding(mesh, P("batch"))
   rng = np.random.default_rng(0)
-  report = {"devices": len(jax.devices()), "cases": []}
-  for ndim, mode, padding in [(2, "bilinear", "zeros"), (2, "bicubic", "reflection"), (2, "nearest", "border"),
-                              (3, "bilinear", "border"), (3, "bicubic", "zeros")]:
+  report = {"devices": len(jax.devices()), "cases": [], "cpu_kernel": _cpu_kernel.unavailable_reason() is None}
+  implementations = ("xla", "cpu") if report["cpu_kernel"] else ("xla",)
+  for implementation, (ndim, mode, padding) in itertools.product(implementations, [
+      (2, "bilinear", "zeros"), (2, "bicubic", "reflection"), (2, "nearest", "border"), (3, "bilinear", "border"),
+      (3, "bicubic", "zeros")]):
     inp = rng.standard_normal((8, 3) + (6,) * ndim)
     grid = rng.uniform(-1.2, 1.2, (8,) + (5,) * ndim + (ndim,))
     cot = rng.standard_normal((8, 3) + (5,) * ndim)
 
     def loss(x, g):
-      return jnp.sum(grid_sample(x, g, mode, padding) * cot)
+      return jnp.sum(grid_sample(x, g, mode, padding, implementation=implementation) * cot)
 
     def step(x, g):
-      return grid_sample(x, g, mode, padding), jax.grad(loss, (0, 1))(x, g)
+      return grid_sample(x, g, mode, padding, implementation=implementation), jax.grad(loss, (0, 1))(x, g)
 
     single = jax.jit(step)(jnp.asarray(inp), jnp.asarray(grid))
     sharded_fn = jax.jit(step, in_shardings=(batch, batch))
@@ -47,7 +50,7 @@ def main() -> None:
     hlo = sharded_fn.lower(x, g).compile().as_text()
     leaves_single, leaves_sharded = jax.tree.leaves(single), jax.tree.leaves(sharded)
     report["cases"].append({
-        "case": f"{ndim}d-{mode}-{padding}",
+        "case": f"{implementation}-{ndim}d-{mode}-{padding}",
         "max_difference": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
                               for a, b in zip(leaves_single, leaves_sharded)),
         "batch_sharded": all(leaf.sharding.is_equivalent_to(batch, leaf.ndim) for leaf in leaves_sharded),

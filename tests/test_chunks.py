@@ -1,4 +1,4 @@
-"""The backward walks each sample's points in chunks; its results must not depend on the chunking.
+"""The XLA backward walks each sample's points in chunks; its results must not depend on the chunking.
 
 The default chunk budget (about 1 MiB of temporaries) puts the small grids of the other tests in one
 chunk. Here the budget is shrunk so that the points split into nine chunks plus a remainder, which
@@ -36,7 +36,7 @@ def _case(ndim, mode, padding):
 
 
 def _gradients(inp, grid, cotangent, mode, padding):
-  _, vjp = jax.vjp(lambda a, b: grid_sample(a, b, mode, padding, False), inp, grid)
+  _, vjp = jax.vjp(lambda a, b: grid_sample(a, b, mode, padding, False, implementation="xla"), inp, grid)
   return [np.asarray(g) for g in vjp(cotangent)]
 
 
@@ -94,11 +94,11 @@ def test_per_axis_indices_match_flat_indices(ndim, mode, monkeypatch):
     cotangent = np.concatenate([cotangent, cotangent[:, :2]], axis=1)
 
     def forward_and_gradients():
-      out, vjp = jax.vjp(lambda a, b: grid_sample(a, b, mode, padding, False), inp, grid)
+      out, vjp = jax.vjp(lambda a, b: grid_sample(a, b, mode, padding, False, implementation="xla"), inp, grid)
       return [np.asarray(a) for a in (out, *vjp(cotangent))]
 
     def gather_index_maps():
-      program = jax.jit(lambda a, b: grid_sample(a, b, mode, padding, False)).lower(inp, grid).as_text()
+      program = jax.jit(lambda a, b: grid_sample(a, b, mode, padding, False, implementation="xla")).lower(inp, grid).as_text()
       return set(re.findall(r"start_index_map = \[([0-9, ]*)\]", program))
 
     flat, flat_maps = forward_and_gradients(), gather_index_maps()

@@ -28,11 +28,11 @@ def _case_id(case):
 
 
 @pytest.mark.parametrize("case", GOLDEN_CASES, ids=[_case_id(c) for c in GOLDEN_CASES])
-def test_matches_torch_golden_values(case):
+def test_matches_torch_golden_values(case, implementation):
   ndim, mode, padding, ac = case["meta"]
   align_corners = ac == "True"
   ours = jax_grid_sample(case["inp"], case["grid"], case["grad_out"], str(mode), str(padding), align_corners,
-                         ddot=(case["u"], case["w"]))
+                         ddot=(case["u"], case["w"]), implementation=implementation)
   for field in FIELDS:
     cases.assert_close(ours[field], case[field], case["inp"].dtype, what=field)
 

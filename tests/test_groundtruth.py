@@ -80,35 +80,39 @@ DTYPES = (jnp.float32, jnp.float64)
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("key", sorted(FORWARD_EXPECTED), ids=lambda k: "-".join(map(str, k)))
-def test_forward_groundtruth(key, dtype):
+def test_forward_groundtruth(key, dtype, implementation):
   mode, padding, ac = key
   image = jnp.arange(1, 11, dtype=dtype).reshape(1, 1, 2, 5)
   grid = jnp.asarray(FORWARD_GRID, dtype)[None]
-  out = grid_sample(image, grid, mode, padding, ac)
+  out = grid_sample(image, grid, mode, padding, ac, implementation=implementation)
   assert out.dtype == dtype
   np.testing.assert_allclose(np.asarray(out)[0, 0], np.asarray(FORWARD_EXPECTED[key]), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("key", sorted(GRADIENT_EXPECTED), ids=lambda k: "-".join(map(str, k)))
-def test_grid_gradient_groundtruth(key, dtype):
+def test_grid_gradient_groundtruth(key, dtype, implementation):
   mode, padding, ac = key
   image = jnp.broadcast_to(jnp.arange(0, 5, dtype=dtype), (1, 1, 5, 5))
   grid = jnp.asarray(GRADIENT_GRID, dtype)[None]
-  grad = jax.grad(lambda g: grid_sample(image, g, mode, padding, ac).sum())(grid)
+  grad = jax.grad(lambda g: grid_sample(image, g, mode, padding, ac, implementation=implementation).sum())(grid)
   np.testing.assert_allclose(np.asarray(grad)[0], np.asarray(GRADIENT_EXPECTED[key], np.float64),
                              atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("key", sorted(GRADIENT_EXPECTED), ids=lambda k: "-".join(map(str, k)))
-def test_grid_gradient_groundtruth_with_input_gradient(key):
+def test_grid_gradient_groundtruth_with_input_gradient(key, implementation):
   """PyTorch runs the table with input.requires_grad both False and True."""
   mode, padding, ac = key
   image = jnp.broadcast_to(jnp.arange(0, 5, dtype=jnp.float64), (1, 1, 5, 5))
   grid = jnp.asarray(GRADIENT_GRID, jnp.float64)[None]
-  grad_input, grad_grid = jax.grad(lambda x, g: grid_sample(x, g, mode, padding, ac).sum(), (0, 1))(image, grid)
+
+  def total(x, g):
+    return grid_sample(x, g, mode, padding, ac, implementation=implementation).sum()
+
+  grad_input, grad_grid = jax.grad(total, (0, 1))(image, grid)
   np.testing.assert_allclose(np.asarray(grad_grid)[0], np.asarray(GRADIENT_EXPECTED[key], np.float64),
                              atol=1e-5, rtol=0)
   # The output is linear in the input, so <grad_input, input> = sum(output).
-  out_sum = grid_sample(image, grid, mode, padding, ac).sum()
+  out_sum = total(image, grid)
   np.testing.assert_allclose(float(jnp.sum(grad_input * image)), float(out_sum), rtol=1e-12)

@@ -119,7 +119,7 @@ def _point_mask(case, which):
 
 
 @functools.cache
-def _run(config):
+def _run(config, implementation):
   """Our forward and gradients for a config, computed once and shared by the tests."""
   ndim, mode, padding, dtype = config
   case = _build_case(config)
@@ -133,7 +133,8 @@ def _run(config):
 
   @jax.jit
   def run(inp, grid, cotangents):
-    out, vjp = jax.vjp(lambda a, b: grid_sample(a, b, mode, padding, case["ac"]), inp, grid)
+    out, vjp = jax.vjp(
+        lambda a, b: grid_sample(a, b, mode, padding, case["ac"], implementation=implementation), inp, grid)
     return (out,) + vjp(cotangents)
 
   out, grad_input, grad_grid = (np.asarray(a) for a in run(inp, grid, cotangents))
@@ -152,9 +153,9 @@ def _parity_tol(dtype, scale=1.0):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=_config_id)
-def test_special_points_follow_the_rule(config):
+def test_special_points_follow_the_rule(config, implementation):
   ndim, mode, padding, dtype = config
-  case, ct_special, _, out, (gi_special, gg_special), _, (gi_full, gg_full) = _run(config)
+  case, ct_special, _, out, (gi_special, gg_special), _, (gi_full, gg_full) = _run(config, implementation)
   inp, grid = case["inp"], case["grid"]
   assert out.dtype == dtype and gi_full.dtype == dtype and gg_full.dtype == dtype
   # A finite input gives a finite output and finite gradients (the cotangent is nonzero everywhere).
@@ -193,9 +194,9 @@ def _ordinary(case, array, point_axis=2):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=_config_id)
-def test_ordinary_points_keep_torch_parity(config):
+def test_ordinary_points_keep_torch_parity(config, implementation):
   ndim, mode, padding, dtype = config
-  case, _, ct_ordinary, out, _, (gi_ordinary, gg_ordinary), _ = _run(config)
+  case, _, ct_ordinary, out, _, (gi_ordinary, gg_ordinary), _ = _run(config, implementation)
   assert np.isfinite(gi_ordinary).all() and np.isfinite(gg_ordinary).all()
   inp, ac = case["inp"], case["ac"]
   grid = _ordinary(case, case["grid"], point_axis=1)
@@ -227,7 +228,7 @@ INCOMING_CONFIGS = [(ndim, mode, padding, dtype) for ndim, mode, padding, dtype
 
 @pytest.mark.parametrize("autodiff", ("vjp", "jvp"))
 @pytest.mark.parametrize("config", INCOMING_CONFIGS, ids=_config_id)
-def test_nonfinite_incoming_gradient_reaches_only_its_points_taps(config, autodiff):
+def test_nonfinite_incoming_gradient_reaches_only_its_points_taps(config, autodiff, implementation):
   """A NaN or inf in the incoming gradient reaches grad_input only at taps inside the input.
 
   ATen skips a tap outside the input; a kernel that zeroes its weight and
@@ -248,7 +249,8 @@ def test_nonfinite_incoming_gradient_reaches_only_its_points_taps(config, autodi
   for point, value in enumerate((np.nan, np.inf, -np.inf, np.nan, np.inf)):
     flat[point % CHANNELS, point] = value
 
-  _, vjp = jax.vjp(lambda a, b: grid_sample(a, b, mode, padding, ac, autodiff=autodiff), inp, grid)
+  _, vjp = jax.vjp(
+      lambda a, b: grid_sample(a, b, mode, padding, ac, autodiff=autodiff, implementation=implementation), inp, grid)
   grad_input, grad_grid = (np.asarray(g) for g in vjp(cotangent))
 
   with np.errstate(invalid="ignore"):  # inf * 0 (a zero-weight tap) and inf - inf are NaN on purpose

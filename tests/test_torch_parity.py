@@ -29,7 +29,7 @@ def _id(combination):
 
 @pytest.mark.parametrize("dtype", cases.DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("combination", COMBINATIONS, ids=_id)
-def test_random_cases_with_hard_points(combination, dtype):
+def test_random_cases_with_hard_points(combination, dtype, implementation):
   ndim, mode, padding, ac = combination
   rng = np.random.default_rng(cases.stable_seed(ndim, mode, padding, ac, np.dtype(dtype).name))
   for _ in range(2):
@@ -37,13 +37,14 @@ def test_random_cases_with_hard_points(combination, dtype):
     ddot = (case["u"], case["w"]) if dtype == np.float64 else None
     expected = torch_oracle.torch_grid_sample(case["inp"], case["grid"], case["grad_out"], mode, padding, ac,
                                               ddot=ddot)
-    ours = jax_grid_sample(case["inp"], case["grid"], case["grad_out"], mode, padding, ac, ddot=ddot)
+    ours = jax_grid_sample(case["inp"], case["grid"], case["grad_out"], mode, padding, ac, ddot=ddot,
+                           implementation=implementation)
     for field, value in expected.items():
       cases.assert_close(ours[field], value, dtype, what=field)
 
 
 @pytest.mark.parametrize("combination", [c for c in COMBINATIONS if c[1] != "nearest"], ids=_id)
-def test_larger_uniform_case(combination):
+def test_larger_uniform_case(combination, implementation):
   """A bigger case like PyTorch's OpInfo samples: values uniform in [-2, 2]."""
   ndim, mode, padding, ac = combination
   rng = np.random.default_rng(7)
@@ -53,7 +54,7 @@ def test_larger_uniform_case(combination):
   grid = rng.uniform(-2, 2, out_shape + (ndim,))
   grad_out = rng.standard_normal(in_shape[:2] + out_shape[1:])
   expected = torch_oracle.torch_grid_sample(inp, grid, grad_out, mode, padding, ac)
-  ours = jax_grid_sample(inp, grid, grad_out, mode, padding, ac)
+  ours = jax_grid_sample(inp, grid, grad_out, mode, padding, ac, implementation=implementation)
   for field, value in expected.items():
     cases.assert_close(ours[field], value, np.float64, what=field)
 
@@ -61,7 +62,7 @@ def test_larger_uniform_case(combination):
 @pytest.mark.parametrize("ndim", [2, 3])
 @pytest.mark.parametrize("align_corners", [True, False])
 @pytest.mark.parametrize("dtype", cases.DTYPES, ids=lambda d: np.dtype(d).name)
-def test_pixel_centres_exactly(ndim, align_corners, dtype):
+def test_pixel_centres_exactly(ndim, align_corners, dtype, implementation):
   """Grid values computed the way users compute pixel centres, on every axis size 1..12.
 
   A coordinate landing one ulp off an integer flips floor() and the grid
@@ -83,27 +84,27 @@ def test_pixel_centres_exactly(ndim, align_corners, dtype):
     grad_out = rng.standard_normal((1, 2) + grid.shape[1:-1]).astype(dtype)
     for padding in cases.PADDINGS:
       expected = torch_oracle.torch_grid_sample(inp, grid, grad_out, "bilinear", padding, align_corners)
-      ours = jax_grid_sample(inp, grid, grad_out, "bilinear", padding, align_corners)
+      ours = jax_grid_sample(inp, grid, grad_out, "bilinear", padding, align_corners, implementation=implementation)
       for field, value in expected.items():
         cases.assert_close(ours[field], value, dtype, what=f"size {size} {padding} {field}")
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS, ids=_id)
-def test_many_channels_in_float32(combination):
-  """6 channels put 2-D bilinear on the forward's flat-index reads (4 channels or more), float32."""
+def test_many_channels_in_float32(combination, implementation):
+  """6 channels (the XLA forward reads 2-D bilinear by flat index from 4 channels on), float32."""
   ndim, mode, padding, ac = combination
   rng = np.random.default_rng(cases.stable_seed("float32", *combination))
   case = cases.make_case(rng, ndim, mode, padding, ac, np.float32)
   inp = rng.standard_normal(case["inp"].shape[:1] + (6,) + case["inp"].shape[2:]).astype(np.float32)
   grad_out = rng.standard_normal(case["grad_out"].shape[:1] + (6,) + case["grad_out"].shape[2:]).astype(np.float32)
   expected = torch_oracle.torch_grid_sample(inp, case["grid"], grad_out, mode, padding, ac)
-  ours = jax_grid_sample(inp, case["grid"], grad_out, mode, padding, ac)
+  ours = jax_grid_sample(inp, case["grid"], grad_out, mode, padding, ac, implementation=implementation)
   for field, value in expected.items():
     cases.assert_close(ours[field], value, np.float32, what=field)
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS, ids=_id)
-def test_double_backward_with_many_channels(combination):
+def test_double_backward_with_many_channels(combination, implementation):
   """The random cases have 1-3 channels; this one has 6, with hard points, float64."""
   ndim, mode, padding, ac = combination
   rng = np.random.default_rng(cases.stable_seed(*combination))
@@ -112,7 +113,7 @@ def test_double_backward_with_many_channels(combination):
   grad_out = rng.standard_normal(case["grad_out"].shape[:1] + (6,) + case["grad_out"].shape[2:])
   ddot = (rng.standard_normal(inp.shape), case["w"])
   expected = torch_oracle.torch_grid_sample(inp, case["grid"], grad_out, mode, padding, ac, ddot=ddot)
-  ours = jax_grid_sample(inp, case["grid"], grad_out, mode, padding, ac, ddot=ddot)
+  ours = jax_grid_sample(inp, case["grid"], grad_out, mode, padding, ac, ddot=ddot, implementation=implementation)
   for field, value in expected.items():
     cases.assert_close(ours[field], value, np.float64, what=field)
 
@@ -148,7 +149,7 @@ def _channel_threshold_cases():
 @pytest.mark.parametrize("dtype", cases.DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("ndim,mode,channels,padding,ac", list(_channel_threshold_cases()))
 def test_backward_forms_by_channel_count(ndim, mode, channels, padding, ac, dtype):
-  """Hard points on both sides of every channel count where the backward changes form; float64
+  """Hard points on both sides of every channel count where the XLA backward changes form; float64
   adds the double backward."""
   rng = np.random.default_rng(
       cases.stable_seed("channels", ndim, mode, channels, padding, ac, np.dtype(dtype).name))
@@ -158,7 +159,7 @@ def test_backward_forms_by_channel_count(ndim, mode, channels, padding, ac, dtyp
   grad_out = rng.standard_normal((batch, channels) + case["grad_out"].shape[2:]).astype(dtype)
   ddot = (rng.standard_normal(inp.shape).astype(dtype), case["w"]) if dtype == np.float64 else None
   expected = torch_oracle.torch_grid_sample(inp, case["grid"], grad_out, mode, padding, ac, ddot=ddot)
-  ours = jax_grid_sample(inp, case["grid"], grad_out, mode, padding, ac, ddot=ddot)
+  ours = jax_grid_sample(inp, case["grid"], grad_out, mode, padding, ac, ddot=ddot, implementation="xla")
   second_order = {"dd_input", "dd_grid", "dd_grad_out"} if ddot else set()
   assert set(expected) == {"out", "grad_input", "grad_grid"} | second_order
   for field, value in expected.items():

@@ -1,0 +1,947 @@
+// grid_sample's forward and first-order backward as XLA FFI handlers for the CPU.
+//
+// The same formulas as the JAX modules (jaxgridsample/_coordinates.py,
+// _linear.py, _nearest.py, _cubic.py, _kernel.py), in the operation order of
+// ATen's CPU kernels, written as the loops that XLA's CPU backend does not
+// emit for a gather or a scatter-add: each point's taps are computed once, in
+// SIMD, and shared by every channel; every channel plane is swept over a block
+// of points while it is in cache; the work is split over XLA's intra-op thread
+// pool.
+//
+// Anatomy, as in the Python package:
+//   * SIMD helpers (GCC/Clang vector extensions; AVX2 gathers where built);
+//   * coordinates: unnormalise, sanitise non-finite values, pad (clip,
+//     reflect) with the padding's derivative multiplier;
+//   * one struct per interpolation family (Linear, Nearest, Cubic): the taps
+//     of a grid value along one axis;
+//   * TapTable and FillTaps: the taps of a block of points, the product over
+//     the axes;
+//   * the passes over a block (forward, grad_input, grad_grid) for the
+//     channels-first and channels-last layouts;
+//   * the thread-pool loop and the FFI handlers.
+//
+// Built with -ffp-contract=off: the compiler must not fuse a multiply and an
+// add that PyTorch rounds separately (one ulp decides floor() at a pixel
+// centre). Where PyTorch's kernel does fuse, Fma says so.
+//
+// setup.py compiles this file once per instruction set (JAXGRIDSAMPLE_ISA:
+// generic, and avx2 through grid_sample_cpu_avx2.cc on x86-64); each build
+// exports its handlers under its own names, and jaxgridsample/_cpu_kernel.py
+// registers the best one the processor supports.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <type_traits>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define JAXGRIDSAMPLE_AVX2 1
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+#ifndef JAXGRIDSAMPLE_ISA
+#define JAXGRIDSAMPLE_ISA generic
+#endif
+#define JAXGRIDSAMPLE_JOIN(name, isa) name##_##isa
+#define JAXGRIDSAMPLE_NAME(name, isa) JAXGRIDSAMPLE_JOIN(name, isa)
+
+namespace ffi = xla::ffi;
+
+namespace jaxgridsample {
+namespace {
+
+enum class Padding : int32_t { kZeros = 0, kBorder = 1, kReflection = 2 };
+enum class Mode : int32_t { kBilinear = 0, kNearest = 1, kBicubic = 2 };
+
+// ---------------------------------------------------------------------------
+// SIMD: 32 bytes of T (8 floats or 4 doubles) and the masks comparisons give.
+// ---------------------------------------------------------------------------
+
+template <typename T>
+struct Simd {
+  static constexpr int kLanes = 32 / static_cast<int>(sizeof(T));
+  using Lane = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  typedef T Vec __attribute__((vector_size(32)));
+  typedef Lane Mask __attribute__((vector_size(32)));       // -1 or 0 per lane
+  typedef int32_t Index __attribute__((vector_size(4 * kLanes)));  // pixel offsets
+};
+
+template <typename T>
+using Vec = typename Simd<T>::Vec;
+template <typename T>
+using Mask = typename Simd<T>::Mask;
+template <typename T>
+using Index = typename Simd<T>::Index;
+
+template <typename T>
+inline Vec<T> Broadcast(T x) {
+  return Vec<T>{} + x;
+}
+
+template <typename T>
+inline Vec<T> Select(Mask<T> mask, Vec<T> a, Vec<T> b) {
+  return mask ? a : b;
+}
+
+template <typename T>
+inline Vec<T> Abs(Vec<T> x) {
+  return reinterpret_cast<Vec<T>>(reinterpret_cast<Mask<T>>(x) & std::numeric_limits<typename Simd<T>::Lane>::max());
+}
+
+template <typename T>
+inline Vec<T> Min(Vec<T> a, Vec<T> b) {
+  return Select<T>(b < a, b, a);
+}
+
+template <typename T>
+inline Vec<T> Max(Vec<T> a, Vec<T> b) {
+  return Select<T>(b > a, b, a);
+}
+
+// Round half to even (nearbyint in the default rounding mode): adding and
+// subtracting 2^(mantissa bits) leaves the rounded integer. Larger values are
+// integers already.
+template <typename T>
+inline Vec<T> RoundHalfEven(Vec<T> x) {
+  constexpr T kBig = sizeof(T) == 4 ? T(8388608.0) : T(4503599627370496.0);
+  const Vec<T> magic = Select<T>(x < T(0), Broadcast<T>(-kBig), Broadcast<T>(kBig));
+  return Select<T>(Abs<T>(x) < kBig, (x + magic) - magic, x);
+}
+
+template <typename T>
+inline Vec<T> Floor(Vec<T> x) {
+  const Vec<T> rounded = RoundHalfEven<T>(x);
+  return Select<T>(rounded > x, rounded - T(1), rounded);
+}
+
+// a * b + c with one rounding.
+template <typename T>
+inline Vec<T> Fma(Vec<T> a, Vec<T> b, Vec<T> c) {
+#ifdef JAXGRIDSAMPLE_AVX2
+  if constexpr (sizeof(T) == 4) {
+    return reinterpret_cast<Vec<T>>(_mm256_fmadd_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b),
+                                                    reinterpret_cast<__m256>(c)));
+  } else {
+    return reinterpret_cast<Vec<T>>(_mm256_fmadd_pd(reinterpret_cast<__m256d>(a), reinterpret_cast<__m256d>(b),
+                                                    reinterpret_cast<__m256d>(c)));
+  }
+#else
+  Vec<T> result;
+  for (int i = 0; i < Simd<T>::kLanes; ++i) result[i] = std::fma(a[i], b[i], c[i]);
+  return result;
+#endif
+}
+
+template <typename T>
+inline Vec<T> Fmod(Vec<T> a, Vec<T> b) {
+  Vec<T> result;
+  for (int i = 0; i < Simd<T>::kLanes; ++i) result[i] = std::fmod(a[i], b[i]);
+  return result;
+}
+
+// Up to kLanes values at p[0], p[stride], ...; lanes from n on are 0.
+template <typename T>
+inline Vec<T> LoadStrided(const T* p, int stride, int n) {
+  Vec<T> result{};
+  for (int i = 0; i < Simd<T>::kLanes; ++i) result[i] = i < n ? p[i * stride] : T(0);
+  return result;
+}
+
+template <typename V>
+inline void Store(void* destination, const V& value) {
+  std::memcpy(destination, &value, sizeof(V));
+}
+
+// A pixel offset (-1 outside) as a clamped offset and a bit mask as wide as T.
+template <typename T>
+using MaskBits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+
+inline int32_t Clamped(int32_t offset) { return offset & ~(offset >> 31); }
+
+template <typename T>
+inline MaskBits<T> InsideBits(int32_t offset) {
+  return static_cast<MaskBits<T>>(static_cast<int64_t>(~(offset >> 31)));
+}
+
+// value where the mask is all ones, +0 where it is zero: a select without a
+// branch (a random grid's outside taps defeat branch prediction) and without
+// a product (0 * inf is NaN; ATen skips outside taps).
+template <typename T>
+inline T Masked(T value, MaskBits<T> mask) {
+  MaskBits<T> bits;
+  std::memcpy(&bits, &value, sizeof(T));
+  bits &= mask;
+  std::memcpy(&value, &bits, sizeof(T));
+  return value;
+}
+
+// ---------------------------------------------------------------------------
+// Coordinates (_coordinates.py), on kLanes grid values at a time.
+//
+// kRank (2 or 3) selects the operation order of PyTorch's vectorised 2-D
+// kernel or of its scalar 3-D kernel: they agree to a few ulps, and one ulp
+// decides floor() for a coordinate on a pixel centre.
+// ---------------------------------------------------------------------------
+
+struct Axis {
+  int64_t size;
+  bool align_corners;
+};
+
+// dp/dg of Unnormalize.
+template <typename T>
+inline T UnnormalizeScale(const Axis& axis) {
+  const T size = T(axis.size);
+  return axis.align_corners ? (size - T(1)) / T(2) : size / T(2);
+}
+
+// Maps grid values to pixel coordinates.
+template <typename T, int kRank>
+inline Vec<T> Unnormalize(Vec<T> g, T size, bool align_corners) {
+  const Vec<T> a = g + T(1);
+  if (kRank == 2) {
+    // The 2-D kernel's compiler fuses (g + 1) * (S / 2) - 0.5 into one fma.
+    return align_corners ? a * ((size - T(1)) / T(2)) : Fma<T>(a, Broadcast<T>(size / T(2)), Broadcast<T>(-0.5));
+  }
+  return align_corners ? (a / T(2)) * (size - T(1)) : (a * size - T(1)) / T(2);
+}
+
+// Our contract for non-finite coordinates (SPEC section 9): outside under
+// zeros padding; pixel 0 for NaN and -inf, the last pixel for +inf otherwise.
+// *finite is where p was finite (the gradient is zero elsewhere).
+template <typename T, Padding kPad>
+inline Vec<T> Sanitize(Vec<T> p, T size, Mask<T>* finite) {
+  *finite = Abs<T>(p) <= std::numeric_limits<T>::max();  // false for NaN
+  // -16: far enough outside for every tap of every family.
+  const Vec<T> replacement =
+      kPad == Padding::kZeros ? Broadcast<T>(-16) : Select<T>(p > T(0), Broadcast<T>(size - T(1)), Vec<T>{});
+  return Select<T>(*finite, p, replacement);
+}
+
+// Clamps to [0, size - 1]; the multiplier is 0 on and beyond the bounds (ATen's
+// clip_coordinates_set_grad).
+template <typename T>
+inline Vec<T> Clip(Vec<T> p, T size, Vec<T>* multiplier) {
+  const T upper = size - T(1);
+  *multiplier = Select<T>((p > T(0)) & (p < upper), Broadcast<T>(1), Vec<T>{});
+  return Min<T>(Max<T>(p, Vec<T>{}), Broadcast<T>(upper));
+}
+
+// Reflects into [0, S - 1] (align_corners) or [-0.5, S - 0.5].
+template <typename T, int kRank>
+inline Vec<T> Reflect(Vec<T> p, T size, bool align_corners, Vec<T>* multiplier) {
+  if (align_corners && size <= T(1)) {
+    // An empty interval: everything reflects onto pixel 0.
+    *multiplier = Vec<T>{};
+    return Vec<T>{};
+  }
+  const T low = align_corners ? T(0) : T(-0.5);
+  const T span = align_corners ? size - T(1) : size;
+  const Vec<T> shifted = p - low;
+  const Vec<T> sign = Select<T>(shifted < T(0), Broadcast<T>(-1), Broadcast<T>(1));
+  const Vec<T> distance = Abs<T>(shifted);
+  Vec<T> folded;
+  if (kRank == 2) {
+    // The vectorised kernel folds by twice the span, then once more if the
+    // remainder lies in the far half.
+    const T twice_span = T(2) * span;
+    const Vec<T> extra = distance - Floor<T>(distance / twice_span) * twice_span;  // floor = trunc here
+    const Vec<T> reflected = twice_span - extra;
+    const Mask<T> flip = extra > reflected;
+    folded = Select<T>(flip, reflected, extra);
+    *multiplier = Select<T>(flip, -sign, sign);
+  } else {
+    // The scalar kernel counts single flips.
+    const Vec<T> extra = Fmod<T>(distance, Broadcast<T>(span));
+    const Mask<T> odd = Fmod<T>(Floor<T>(distance / span), Broadcast<T>(2)) == T(1);
+    folded = Select<T>(odd, span - extra, extra);
+    *multiplier = Select<T>(odd, -sign, sign);
+  }
+  return folded + low;
+}
+
+// Applies the padding rule; *multiplier is d(padded)/dp.
+template <typename T, Padding kPad, int kRank>
+inline Vec<T> Pad(Vec<T> p, T size, bool align_corners, Vec<T>* multiplier) {
+  if (kPad == Padding::kZeros) {
+    *multiplier = Broadcast<T>(1);
+    return p;
+  }
+  if (kPad == Padding::kBorder) return Clip<T>(p, size, multiplier);
+  Vec<T> reflect_multiplier, clip_multiplier;
+  const Vec<T> clipped = Clip<T>(Reflect<T, kRank>(p, size, align_corners, &reflect_multiplier), size,
+                                 &clip_multiplier);
+  *multiplier = reflect_multiplier * clip_multiplier;
+  return clipped;
+}
+
+// The padded pixel coordinate of grid values, for the families that pad before
+// choosing taps (linear, nearest). *finite and *multiplier as above.
+template <typename T, Padding kPad, int kRank>
+inline Vec<T> PaddedCoordinate(Vec<T> g, const Axis& axis, Mask<T>* finite, Vec<T>* multiplier) {
+  const T size = T(axis.size);
+  const Vec<T> p = Sanitize<T, kPad>(Unnormalize<T, kRank>(g, size, axis.align_corners), size, finite);
+  return Pad<T, kPad, kRank>(p, size, axis.align_corners, multiplier);
+}
+
+// ---------------------------------------------------------------------------
+// Interpolation families: the taps of kLanes grid values along one axis.
+// ---------------------------------------------------------------------------
+
+template <typename T, int kTaps>
+struct AxisTaps {
+  Vec<T> position[kTaps];  // integer-valued; outside [0, size - 1] reads zero
+  Vec<T> weight[kTaps];
+  Vec<T> slope[kTaps];  // d weight / d grid value (families with kHasSlope)
+};
+
+// Bilinear/trilinear (_linear.py): taps floor(p) and floor(p) + 1 of the
+// padded coordinate, weights 1 - t and t, slopes -m and m.
+struct Linear {
+  static constexpr int kTaps = 2;
+  static constexpr bool kHasSlope = true;
+
+  template <typename T, Padding kPad, int kRank>
+  static void Taps(Vec<T> g, const Axis& axis, AxisTaps<T, 2>* taps) {
+    Mask<T> finite;
+    Vec<T> padding_multiplier;
+    const Vec<T> p = PaddedCoordinate<T, kPad, kRank>(g, axis, &finite, &padding_multiplier);
+    const Vec<T> m = Select<T>(finite, padding_multiplier * UnnormalizeScale<T>(axis), Vec<T>{});
+    const Vec<T> west = Floor<T>(p);
+    const Vec<T> t = p - west;
+    taps->position[0] = west;
+    taps->position[1] = west + T(1);
+    taps->weight[0] = T(1) - t;
+    taps->weight[1] = t;
+    taps->slope[0] = -m;
+    taps->slope[1] = m;
+  }
+};
+
+// Nearest (_nearest.py): one tap at the padded coordinate rounded half to even.
+struct Nearest {
+  static constexpr int kTaps = 1;
+  static constexpr bool kHasSlope = false;
+
+  template <typename T, Padding kPad, int kRank>
+  static void Taps(Vec<T> g, const Axis& axis, AxisTaps<T, 1>* taps) {
+    Mask<T> finite;
+    Vec<T> unused;
+    taps->position[0] = RoundHalfEven<T>(PaddedCoordinate<T, kPad, kRank>(g, axis, &finite, &unused));
+    taps->weight[0] = Broadcast<T>(1);
+    taps->slope[0] = Vec<T>{};
+  }
+};
+
+// Bicubic/tricubic (_cubic.py): Keys' cubic convolution with A = -0.75 on the
+// unpadded coordinate; each of the four taps is padded on its own.
+struct Cubic {
+  static constexpr int kTaps = 4;
+  static constexpr bool kHasSlope = true;
+
+  // |d| <= 1: (A + 2) d^3 - (A + 3) d^2 + 1, and its derivative.
+  template <typename T>
+  static Vec<T> Near(Vec<T> x) { return (T(1.25) * x - T(2.25)) * x * x + T(1); }
+  template <typename T>
+  static Vec<T> NearSlope(Vec<T> x) { return (T(3.75) * x - T(4.5)) * x; }
+  // 1 < |d| < 2: A d^3 - 5A d^2 + 8A d - 4A, and its derivative.
+  template <typename T>
+  static Vec<T> Far(Vec<T> x) { return ((T(-0.75) * x - T(-3.75)) * x + T(-6)) * x - T(-3); }
+  template <typename T>
+  static Vec<T> FarSlope(Vec<T> x) { return (T(-2.25) * x - T(-7.5)) * x + T(-6); }
+
+  template <typename T, Padding kPad, int kRank>
+  static void Taps(Vec<T> g, const Axis& axis, AxisTaps<T, 4>* taps) {
+    const T size = T(axis.size);
+    Mask<T> finite;
+    const Vec<T> p = Sanitize<T, kPad>(Unnormalize<T, kRank>(g, size, axis.align_corners), size, &finite);
+    const Vec<T> scale = Select<T>(finite, Broadcast<T>(UnnormalizeScale<T>(axis)), Vec<T>{});
+    const Vec<T> first = Floor<T>(p);
+    const Vec<T> t = p - first;
+    for (int k = 0; k < 4; ++k) {
+      Vec<T> unused;
+      taps->position[k] = Pad<T, kPad, kRank>(first + T(k - 1), size, axis.align_corners, &unused);
+    }
+    taps->weight[0] = Far<T>(T(1) + t);
+    taps->weight[1] = Near<T>(t);
+    taps->weight[2] = Near<T>(T(1) - t);
+    taps->weight[3] = Far<T>(T(2) - t);
+    taps->slope[0] = FarSlope<T>(T(1) + t) * scale;
+    taps->slope[1] = NearSlope<T>(t) * scale;
+    taps->slope[2] = -NearSlope<T>(T(1) - t) * scale;
+    taps->slope[3] = -FarSlope<T>(T(2) - t) * scale;
+  }
+};
+
+constexpr int Power(int base, int exponent) { return exponent == 0 ? 1 : base * Power(base, exponent - 1); }
+
+// ---------------------------------------------------------------------------
+// The taps of a block of points: the product of the per-axis taps.
+// ---------------------------------------------------------------------------
+
+// Shapes of one call, with any leading batch axes folded into num_batch.
+struct Geometry {
+  int64_t num_batch;
+  int64_t channels;
+  int64_t num_points;  // output points per sample
+  int64_t num_pixels;  // input pixels per sample and channel (< 2^31)
+  bool channels_last;
+};
+
+// The taps of a block of points, tap-major: what the passes over a block read.
+// Independent of the family and padding that filled it, so that the passes
+// are compiled once per tap count.
+template <typename T, int kTapCount, int kRank>
+struct TapTable {
+  using Value = T;
+  static constexpr int kTaps = kTapCount;
+  static constexpr int kNdim = kRank;
+  static constexpr int kLanes = Simd<T>::kLanes;
+  // Points per block: every channel plane is swept over the whole block while
+  // it is in cache, and the tables (about 8 KiB per tap) stay in L2.
+  static constexpr int kPoints = std::max(64, std::min(2048, 8192 / kTaps));
+
+  int count;                       // points in this block
+  int32_t offset[kTaps][kPoints];  // flat pixel index, -1 where the tap lies outside
+  T weight[kTaps][kPoints];        // 0 where outside
+  T slope[kNdim][kTaps][kPoints];  // d weight / d grid value per spatial axis; 0 where outside
+};
+
+template <typename T, typename Family, int kNdim>
+using TableFor = TapTable<T, Power(Family::kTaps, kNdim), kNdim>;
+
+// Fills ``table`` with points [first, first + count) of one sample's grid
+// (num_points, kNdim), x first: the product of each axis's taps. Slopes only
+// if with_slopes.
+template <typename T, typename Family, int kNdim, Padding kPad>
+void FillTaps(TableFor<T, Family, kNdim>* table, const T* grid, int64_t first, int count, const Axis* axes,
+              bool with_slopes) {
+  constexpr int kLanes = Simd<T>::kLanes;
+  constexpr int kTapsPerAxis = Family::kTaps;
+  constexpr int kTaps = Power(kTapsPerAxis, kNdim);
+  table->count = count;
+  int32_t stride[kNdim];
+  for (int a = kNdim - 1, pixels = 1; a >= 0; --a) {
+    stride[a] = pixels;
+    pixels *= static_cast<int32_t>(axes[a].size);
+  }
+  for (int b = 0; b < count; b += kLanes) {
+    AxisTaps<T, kTapsPerAxis> taps[kNdim];
+    Mask<T> inside[kNdim][kTapsPerAxis];
+    Index<T> index[kNdim][kTapsPerAxis];
+    for (int a = 0; a < kNdim; ++a) {
+      // Grid component 0 is x, the last spatial axis.
+      const Vec<T> g = LoadStrided(grid + (first + b) * kNdim + (kNdim - 1 - a), kNdim, count - b);
+      Family::template Taps<T, kPad, kNdim>(g, axes[a], &taps[a]);
+      const T upper = T(axes[a].size - 1);
+      for (int k = 0; k < kTapsPerAxis; ++k) {
+        const Vec<T> position = taps[a].position[k];
+        // Compared as floating point: a huge coordinate never overflows.
+        inside[a][k] = (position >= T(0)) & (position <= upper);
+        index[a][k] = __builtin_convertvector(Min<T>(Max<T>(position, Vec<T>{}), Broadcast<T>(upper)), Index<T>);
+      }
+    }
+    for (int t = 0; t < kTaps; ++t) {
+      int digit[kNdim];
+      for (int a = kNdim - 1, rest = t; a >= 0; --a, rest /= kTapsPerAxis) digit[a] = rest % kTapsPerAxis;
+      Mask<T> ok = inside[0][digit[0]];
+      Index<T> flat = index[0][digit[0]] * stride[0];
+      Vec<T> w = taps[0].weight[digit[0]];
+      for (int a = 1; a < kNdim; ++a) {
+        ok &= inside[a][digit[a]];
+        flat += index[a][digit[a]] * stride[a];
+        w *= taps[a].weight[digit[a]];
+      }
+      Store(&table->offset[t][b], __builtin_convertvector(ok, Index<T>) ? flat : Index<T>{} - 1);
+      Store(&table->weight[t][b], Select<T>(ok, w, Vec<T>{}));
+      if (Family::kHasSlope && with_slopes) {
+        for (int s = 0; s < kNdim; ++s) {
+          // The weight with axis s's factor replaced by its derivative.
+          Vec<T> d = s == 0 ? taps[0].slope[digit[0]] : taps[0].weight[digit[0]];
+          for (int a = 1; a < kNdim; ++a) d *= a == s ? taps[a].slope[digit[a]] : taps[a].weight[digit[a]];
+          Store(&table->slope[s][t][b], Select<T>(ok, d, Vec<T>{}));
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Reading taps: kLanes values of one channel plane at a time.
+// ---------------------------------------------------------------------------
+
+#ifdef JAXGRIDSAMPLE_AVX2
+// The values at kLanes offsets of a plane, 0 where an offset is -1.
+inline __m256 Gather(const float* plane, const int32_t* offset) {
+  const __m256i index = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(offset));
+  const __m256i inside = _mm256_cmpgt_epi32(index, _mm256_set1_epi32(-1));
+  return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), plane, index, _mm256_castsi256_ps(inside), 4);
+}
+
+inline __m256d Gather(const double* plane, const int32_t* offset) {
+  const __m128i index = _mm_loadu_si128(reinterpret_cast<const __m128i*>(offset));
+  const __m256i inside = _mm256_cvtepi32_epi64(_mm_cmpgt_epi32(index, _mm_set1_epi32(-1)));
+  return _mm256_mask_i32gather_pd(_mm256_setzero_pd(), plane, index, _mm256_castsi256_pd(inside), 8);
+}
+
+template <typename T>
+inline Vec<T> GatherVec(const T* plane, const int32_t* offset) {
+  return reinterpret_cast<Vec<T>>(Gather(plane, offset));
+}
+#endif
+
+template <typename T>
+inline T ReadTap(const T* plane, int32_t offset) {
+  return Masked(plane[Clamped(offset)], InsideBits<T>(offset));
+}
+
+template <typename T>
+inline Vec<T> LoadVec(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// ---------------------------------------------------------------------------
+// The passes over a block.
+// ---------------------------------------------------------------------------
+
+// Forward: out = sum over taps of weight * value. ``values`` and ``out``
+// point at one sample; channels-first out is (C, P), channels-last (P, C).
+template <typename Table, typename T = typename Table::Value>
+void InterpolateBlock(const Table& block, const T* values, T* out, int64_t first, const Geometry& g) {
+  constexpr int kTaps = Table::kTaps;
+  const int n = block.count;
+  if (!g.channels_last) {
+    for (int64_t c = 0; c < g.channels; ++c) {
+      const T* plane = values + c * g.num_pixels;
+      T* row = out + c * g.num_points + first;
+      int b = 0;
+#ifdef JAXGRIDSAMPLE_AVX2
+      for (; b + Table::kLanes <= n; b += Table::kLanes) {
+        Vec<T> sum{};
+        for (int t = 0; t < kTaps; ++t) sum += LoadVec(&block.weight[t][b]) * GatherVec(plane, &block.offset[t][b]);
+        Store(row + b, sum);
+      }
+#endif
+      for (; b < n; ++b) {
+        T sum = T(0);
+        for (int t = 0; t < kTaps; ++t) sum += block.weight[t][b] * ReadTap(plane, block.offset[t][b]);
+        row[b] = sum;
+      }
+    }
+    return;
+  }
+  const int64_t channels = g.channels;
+  for (int b = 0; b < n; ++b) {
+    T* row = out + (first + b) * channels;
+    std::fill(row, row + channels, T(0));
+    for (int t = 0; t < kTaps; ++t) {
+      const int32_t offset = block.offset[t][b];
+      const T w = block.weight[t][b];
+      const MaskBits<T> mask = InsideBits<T>(offset);
+      const T* pixel = values + int64_t{Clamped(offset)} * channels;
+      for (int64_t c = 0; c < channels; ++c) row[c] += w * Masked(pixel[c], mask);
+    }
+  }
+}
+
+// grad_input: scatter-adds weight * grad_out to every tap inside the input,
+// for channels [c_begin, c_end). An outside tap adds +0 to the pixel its
+// clamped offset borrows (ATen skips it; a NaN or inf incoming gradient must
+// not reach that pixel).
+template <typename Table, typename T = typename Table::Value>
+void ScatterBlock(const Table& block, const T* grad_out, T* grad_values, int64_t first, const Geometry& g,
+                  int64_t c_begin, int64_t c_end) {
+  constexpr int kTaps = Table::kTaps;
+  const int n = block.count;
+  if (!g.channels_last) {
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      T* plane = grad_values + c * g.num_pixels;
+      const T* row = grad_out + c * g.num_points + first;
+      for (int b = 0; b < n; ++b) {
+        const T incoming = row[b];
+        for (int t = 0; t < kTaps; ++t) {
+          const int32_t offset = block.offset[t][b];
+          plane[Clamped(offset)] += Masked(block.weight[t][b] * incoming, InsideBits<T>(offset));
+        }
+      }
+    }
+    return;
+  }
+  const int64_t channels = g.channels;
+  for (int b = 0; b < n; ++b) {
+    const T* row = grad_out + (first + b) * channels;
+    for (int t = 0; t < kTaps; ++t) {
+      const int32_t offset = block.offset[t][b];
+      const T w = block.weight[t][b];
+      const MaskBits<T> mask = InsideBits<T>(offset);
+      T* pixel = grad_values + int64_t{Clamped(offset)} * channels;
+      for (int64_t c = c_begin; c < c_end; ++c) pixel[c] += Masked(w * row[c], mask);
+    }
+  }
+}
+
+// grad_grid: per spatial axis, the sum over channels of grad_out times the
+// spatial derivative (ATen's gx, gy, gz: the taps' values times their slopes).
+// Writes (count, kNdim) values, x first.
+template <typename Table, typename T = typename Table::Value>
+void GradGridBlock(const Table& block, const T* values, const T* grad_out, T* grad_grid, int64_t first,
+                   const Geometry& g) {
+  constexpr int kTaps = Table::kTaps;
+  constexpr int kNdim = Table::kNdim;
+  const int n = block.count;
+  alignas(32) T total[kNdim][Table::kPoints];
+  for (int s = 0; s < kNdim; ++s) std::fill(total[s], total[s] + n, T(0));
+  if (!g.channels_last) {
+    for (int64_t c = 0; c < g.channels; ++c) {
+      const T* plane = values + c * g.num_pixels;
+      const T* row = grad_out + c * g.num_points + first;
+      int b = 0;
+#ifdef JAXGRIDSAMPLE_AVX2
+      for (; b + Table::kLanes <= n; b += Table::kLanes) {
+        Vec<T> derivative[kNdim] = {};
+        for (int t = 0; t < kTaps; ++t) {
+          const Vec<T> value = GatherVec(plane, &block.offset[t][b]);
+          for (int s = 0; s < kNdim; ++s) derivative[s] += LoadVec(&block.slope[s][t][b]) * value;
+        }
+        const Vec<T> incoming = LoadVec(row + b);
+        for (int s = 0; s < kNdim; ++s) Store(&total[s][b], LoadVec(&total[s][b]) + derivative[s] * incoming);
+      }
+#endif
+      for (; b < n; ++b) {
+        T derivative[kNdim] = {};
+        for (int t = 0; t < kTaps; ++t) {
+          const T value = ReadTap(plane, block.offset[t][b]);
+          for (int s = 0; s < kNdim; ++s) derivative[s] += block.slope[s][t][b] * value;
+        }
+        for (int s = 0; s < kNdim; ++s) total[s][b] += derivative[s] * row[b];
+      }
+    }
+  } else {
+    const int64_t channels = g.channels;
+    for (int b = 0; b < n; ++b) {
+      const T* row = grad_out + (first + b) * channels;
+      for (int t = 0; t < kTaps; ++t) {
+        const int32_t offset = block.offset[t][b];
+        const MaskBits<T> mask = InsideBits<T>(offset);
+        const T* pixel = values + int64_t{Clamped(offset)} * channels;
+        // The tap's value contracted with the incoming gradient over channels.
+        T response = T(0);
+        for (int64_t c = 0; c < channels; ++c) response += Masked(pixel[c], mask) * row[c];
+        for (int s = 0; s < kNdim; ++s) total[s][b] += block.slope[s][t][b] * response;
+      }
+    }
+  }
+  for (int b = 0; b < n; ++b) {
+    for (int s = 0; s < kNdim; ++s) grad_grid[(first + b) * kNdim + (kNdim - 1 - s)] = total[s][b];
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Work split over XLA's intra-op thread pool.
+// ---------------------------------------------------------------------------
+
+// Runs fn(unit) for unit in [0, num_units) on the calling thread and on
+// helpers from the pool. Units are claimed from a shared counter, so the
+// caller finishes the work alone if no helper starts; it then waits only for
+// helpers that did start. A helper that starts after that does nothing, so a
+// pool busy with other work (or with another of our calls) cannot deadlock us.
+template <typename Fn>
+void ParallelFor(ffi::ThreadPool& pool, int64_t num_units, const Fn& fn) {
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), num_units) - 1;
+  if (helpers <= 0) {
+    for (int64_t unit = 0; unit < num_units; ++unit) fn(unit);
+    return;
+  }
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::mutex mutex;
+    std::condition_variable idle;
+    int active = 0;
+    bool closed = false;
+  };
+  auto state = std::make_shared<State>();
+  auto work = [state, num_units, &fn] {
+    for (int64_t unit = state->next++; unit < num_units; unit = state->next++) fn(unit);
+  };
+  for (int64_t h = 0; h < helpers; ++h) {
+    pool.Schedule([state, work] {
+      {
+        std::lock_guard<std::mutex> lock(state->mutex);
+        if (state->closed) return;
+        ++state->active;
+      }
+      work();
+      std::lock_guard<std::mutex> lock(state->mutex);
+      if (--state->active == 0) state->idle.notify_all();
+    });
+  }
+  work();
+  std::unique_lock<std::mutex> lock(state->mutex);
+  state->closed = true;
+  state->idle.wait(lock, [&] { return state->active == 0; });
+}
+
+// Points per unit of work: whole blocks, about four units per thread.
+inline int64_t PointsPerUnit(const Geometry& g, int64_t threads, int block_points) {
+  const int64_t target_units = std::max<int64_t>(1, 4 * threads);
+  const int64_t total = std::max<int64_t>(1, g.num_batch * g.num_points);
+  const int64_t points = std::max<int64_t>(block_points, (total + target_units - 1) / target_units);
+  return (points + block_points - 1) / block_points * block_points;
+}
+
+template <typename T, typename Family, int kNdim, Padding kPad>
+void Forward(ffi::ThreadPool& pool, const T* values, const T* grid, T* out, const Geometry& g, const Axis* axes) {
+  using Block = TableFor<T, Family, kNdim>;
+  const int64_t per_unit = PointsPerUnit(g, pool.num_threads(), Block::kPoints);
+  const int64_t units_per_sample = (g.num_points + per_unit - 1) / per_unit;
+  const int64_t sample_values = g.channels * g.num_pixels;
+  const int64_t sample_out = g.channels * g.num_points;
+  ParallelFor(pool, g.num_batch * units_per_sample, [&](int64_t unit) {
+    const int64_t n = unit / units_per_sample;
+    const int64_t begin = (unit % units_per_sample) * per_unit;
+    const int64_t end = std::min(g.num_points, begin + per_unit);
+    std::unique_ptr<Block> block(new Block);
+    for (int64_t first = begin; first < end; first += Block::kPoints) {
+      const int count = static_cast<int>(std::min<int64_t>(Block::kPoints, end - first));
+      FillTaps<T, Family, kNdim, kPad>(block.get(), grid + n * g.num_points * kNdim, first, count, axes, false);
+      InterpolateBlock(*block, values + n * sample_values, out + n * sample_out, first, g);
+    }
+  });
+}
+
+template <typename T, typename Family, int kNdim, Padding kPad>
+void Backward(ffi::ThreadPool& pool, const T* values, const T* grid, const T* grad_out, T* grad_values,
+              T* grad_grid, const Geometry& g, const Axis* axes) {
+  using Block = TableFor<T, Family, kNdim>;
+  const int64_t threads = pool.num_threads();
+  const int64_t sample_values = g.channels * g.num_pixels;
+  const int64_t sample_out = g.channels * g.num_points;
+  // grad_input: units of (sample, channel group). Each channel's gradient is
+  // accumulated by one unit in point order, so the result does not depend on
+  // the number of threads.
+  const int64_t channels = std::max<int64_t>(1, g.channels);
+  const int64_t groups =
+      std::clamp<int64_t>((2 * threads + g.num_batch - 1) / std::max<int64_t>(1, g.num_batch), 1, channels);
+  const int64_t per_group = (channels + groups - 1) / groups;
+  const int64_t scatter_units = g.num_batch * groups;
+  // grad_grid: units of points, like the forward; none for nearest.
+  const int64_t per_unit = PointsPerUnit(g, threads, Block::kPoints);
+  const int64_t units_per_sample = (g.num_points + per_unit - 1) / per_unit;
+  const int64_t grid_units = Family::kHasSlope ? g.num_batch * units_per_sample : 0;
+  if (!Family::kHasSlope) std::fill(grad_grid, grad_grid + g.num_batch * g.num_points * kNdim, T(0));
+
+  ParallelFor(pool, scatter_units + grid_units, [&](int64_t unit) {
+    std::unique_ptr<Block> block(new Block);
+    if (unit < scatter_units) {
+      const int64_t n = unit / groups;
+      const int64_t c_begin = (unit % groups) * per_group;
+      const int64_t c_end = std::min(g.channels, c_begin + per_group);
+      if (c_begin >= c_end) return;
+      T* sample_grad = grad_values + n * sample_values;
+      if (!g.channels_last) {
+        std::fill(sample_grad + c_begin * g.num_pixels, sample_grad + c_end * g.num_pixels, T(0));
+      } else {
+        for (int64_t pixel = 0; pixel < g.num_pixels; ++pixel) {
+          std::fill(sample_grad + pixel * g.channels + c_begin, sample_grad + pixel * g.channels + c_end, T(0));
+        }
+      }
+      for (int64_t first = 0; first < g.num_points; first += Block::kPoints) {
+        const int count = static_cast<int>(std::min<int64_t>(Block::kPoints, g.num_points - first));
+        FillTaps<T, Family, kNdim, kPad>(block.get(), grid + n * g.num_points * kNdim, first, count, axes, false);
+        ScatterBlock(*block, grad_out + n * sample_out, sample_grad, first, g, c_begin, c_end);
+      }
+      return;
+    }
+    unit -= scatter_units;
+    const int64_t n = unit / units_per_sample;
+    const int64_t begin = (unit % units_per_sample) * per_unit;
+    const int64_t end = std::min(g.num_points, begin + per_unit);
+    for (int64_t first = begin; first < end; first += Block::kPoints) {
+      const int count = static_cast<int>(std::min<int64_t>(Block::kPoints, end - first));
+      FillTaps<T, Family, kNdim, kPad>(block.get(), grid + n * g.num_points * kNdim, first, count, axes, true);
+      GradGridBlock(*block, values + n * sample_values, grad_out + n * sample_out, grad_grid + n * g.num_points * kNdim,
+                    first, g);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// FFI handlers.
+// ---------------------------------------------------------------------------
+
+// Reads the shapes of values (..., C, *spatial) or (..., *spatial, C) and grid
+// (..., P, ndim); leading axes (a batch, and any that vmap adds) are folded.
+ffi::Error Describe(const ffi::AnyBuffer& values, const ffi::AnyBuffer& grid, bool channels_last,
+                    bool align_corners, Geometry* g, Axis* axes, int* ndim) {
+  const auto v = values.dimensions();
+  const auto q = grid.dimensions();
+  if (q.size() < 2) return ffi::Error::InvalidArgument("grid must be (..., P, ndim)");
+  *ndim = static_cast<int>(q[q.size() - 1]);
+  if (*ndim != 2 && *ndim != 3) return ffi::Error::InvalidArgument("grid's last axis must be 2 or 3");
+  const size_t lead = q.size() - 2;
+  if (v.size() != lead + 1 + *ndim) return ffi::Error::InvalidArgument("values and grid ranks disagree");
+  g->num_batch = 1;
+  for (size_t i = 0; i < lead; ++i) {
+    if (v[i] != q[i]) return ffi::Error::InvalidArgument("values and grid batch axes disagree");
+    g->num_batch *= v[i];
+  }
+  g->channels_last = channels_last;
+  g->channels = channels_last ? v[v.size() - 1] : v[lead];
+  g->num_points = q[lead];
+  g->num_pixels = 1;
+  for (int a = 0; a < *ndim; ++a) {
+    const int64_t size = v[lead + (channels_last ? 0 : 1) + a];
+    axes[a] = Axis{size, align_corners};
+    g->num_pixels *= size;
+  }
+  if (g->num_pixels >= (int64_t{1} << 31)) {
+    return ffi::Error::InvalidArgument("2^31 or more pixels per channel: use the XLA implementation");
+  }
+  return ffi::Error::Success();
+}
+
+template <typename T, int kNdim, Padding kPad, typename Call>
+ffi::Error ForFamily(int32_t mode, const Call& call) {
+  switch (static_cast<Mode>(mode)) {
+    case Mode::kBilinear:
+      call.template operator()<T, Linear, kNdim, kPad>();
+      return ffi::Error::Success();
+    case Mode::kNearest:
+      call.template operator()<T, Nearest, kNdim, kPad>();
+      return ffi::Error::Success();
+    case Mode::kBicubic:
+      call.template operator()<T, Cubic, kNdim, kPad>();
+      return ffi::Error::Success();
+  }
+  return ffi::Error::InvalidArgument("unknown interpolation mode");
+}
+
+template <typename T, int kNdim, typename Call>
+ffi::Error ForPadding(int32_t mode, int32_t padding, const Call& call) {
+  switch (static_cast<Padding>(padding)) {
+    case Padding::kZeros:
+      return ForFamily<T, kNdim, Padding::kZeros>(mode, call);
+    case Padding::kBorder:
+      return ForFamily<T, kNdim, Padding::kBorder>(mode, call);
+    case Padding::kReflection:
+      return ForFamily<T, kNdim, Padding::kReflection>(mode, call);
+  }
+  return ffi::Error::InvalidArgument("unknown padding mode");
+}
+
+// Calls call.operator()<T, Family, kNdim, kPad>() for the dtype, rank, padding and mode.
+template <typename Call>
+ffi::Error Dispatch(ffi::DataType dtype, int ndim, int32_t mode, int32_t padding, const Call& call) {
+  if (dtype == ffi::DataType::F32) {
+    return ndim == 2 ? ForPadding<float, 2>(mode, padding, call) : ForPadding<float, 3>(mode, padding, call);
+  }
+  if (dtype == ffi::DataType::F64) {
+    return ndim == 2 ? ForPadding<double, 2>(mode, padding, call) : ForPadding<double, 3>(mode, padding, call);
+  }
+  return ffi::Error::InvalidArgument("values must be float32 or float64");
+}
+
+struct ForwardCall {
+  ffi::ThreadPool& pool;
+  void *values, *grid, *out;
+  const Geometry& g;
+  const Axis* axes;
+  template <typename T, typename Family, int kNdim, Padding kPad>
+  void operator()() const {
+    Forward<T, Family, kNdim, kPad>(pool, static_cast<const T*>(values), static_cast<const T*>(grid),
+                                    static_cast<T*>(out), g, axes);
+  }
+};
+
+struct BackwardCall {
+  ffi::ThreadPool& pool;
+  void *values, *grid, *grad_out, *grad_values, *grad_grid;
+  const Geometry& g;
+  const Axis* axes;
+  template <typename T, typename Family, int kNdim, Padding kPad>
+  void operator()() const {
+    Backward<T, Family, kNdim, kPad>(pool, static_cast<const T*>(values), static_cast<const T*>(grid),
+                                     static_cast<const T*>(grad_out), static_cast<T*>(grad_values),
+                                     static_cast<T*>(grad_grid), g, axes);
+  }
+};
+
+ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer values, ffi::AnyBuffer grid,
+                       ffi::Result<ffi::AnyBuffer> out, int32_t mode, int32_t padding, bool align_corners,
+                       bool channels_last) {
+  Geometry g;
+  Axis axes[3];
+  int ndim;
+  if (auto error = Describe(values, grid, channels_last, align_corners, &g, axes, &ndim); error.failure()) {
+    return error;
+  }
+  if (values.element_type() != grid.element_type() || out->element_type() != values.element_type()) {
+    return ffi::Error::InvalidArgument("values, grid and output must have one dtype");
+  }
+  return Dispatch(values.element_type(), ndim, mode, padding,
+                  ForwardCall{pool, values.untyped_data(), grid.untyped_data(), out->untyped_data(), g, axes});
+}
+
+ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer values, ffi::AnyBuffer grid, ffi::AnyBuffer grad_out,
+                        ffi::Result<ffi::AnyBuffer> grad_values, ffi::Result<ffi::AnyBuffer> grad_grid, int32_t mode,
+                        int32_t padding, bool align_corners, bool channels_last) {
+  Geometry g;
+  Axis axes[3];
+  int ndim;
+  if (auto error = Describe(values, grid, channels_last, align_corners, &g, axes, &ndim); error.failure()) {
+    return error;
+  }
+  const auto dtype = values.element_type();
+  if (grid.element_type() != dtype || grad_out.element_type() != dtype || grad_values->element_type() != dtype ||
+      grad_grid->element_type() != dtype) {
+    return ffi::Error::InvalidArgument("all operands must have one dtype");
+  }
+  return Dispatch(dtype, ndim, mode, padding,
+                  BackwardCall{pool, values.untyped_data(), grid.untyped_data(), grad_out.untyped_data(),
+                               grad_values->untyped_data(), grad_grid->untyped_data(), g, axes});
+}
+
+}  // namespace
+}  // namespace jaxgridsample
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JAXGRIDSAMPLE_NAME(JaxGridSampleForward, JAXGRIDSAMPLE_ISA), jaxgridsample::ForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int32_t>("mode")
+                                  .Attr<int32_t>("padding")
+                                  .Attr<bool>("align_corners")
+                                  .Attr<bool>("channels_last"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JAXGRIDSAMPLE_NAME(JaxGridSampleBackward, JAXGRIDSAMPLE_ISA), jaxgridsample::BackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int32_t>("mode")
+                                  .Attr<int32_t>("padding")
+                                  .Attr<bool>("align_corners")
+                                  .Attr<bool>("channels_last"));
+
+#if defined(__x86_64__) && !defined(JAXGRIDSAMPLE_AVX2)
+// Whether this processor runs the avx2 build (exported by the generic one).
+extern "C" int JaxGridSampleSupportsAvx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#endif

@@ -1,0 +1,199 @@
+"""The compiled CPU kernel (implementation="cpu") against the JAX one, and what only it has.
+
+The parity files run both implementations against PyTorch on small grids.
+Here the grids are large enough for the kernel's blocks (up to 2048 points),
+their SIMD tails and its split over threads, and the checks cover what the
+kernel adds: its own vmap and derivative rules, its baseline (non-AVX2)
+build, the result's independence of the thread count, and the choice of
+implementation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import cases
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import require_cpu_kernel
+
+from jaxgridsample import _cpu_kernel, grid_sample
+from jaxgridsample._api import choose_implementation
+
+CONFIGS = [(ndim, mode, padding) for ndim, mode, padding in itertools.product((2, 3), cases.MODES, cases.PADDINGS)]
+
+
+@pytest.fixture(autouse=True)
+def _kernel():
+  require_cpu_kernel()
+
+
+def _case(ndim, mode, padding, dtype, num_points, channels=3, batch=2, seed=0):
+  rng = np.random.default_rng(cases.stable_seed("cpu-kernel", ndim, mode, padding, np.dtype(dtype).name, seed))
+  spatial = (9, 13) if ndim == 2 else (5, 6, 7)
+  inp = rng.standard_normal((batch, channels) + spatial).astype(dtype)
+  grid = rng.uniform(-1.3, 1.3, (batch, num_points) + (1,) * (ndim - 1) + (ndim,))
+  ac = bool(rng.integers(2))
+  for k in range(ndim):  # a third of the points on the hard values
+    pool = cases.hard_values(spatial[ndim - 1 - k], ac)
+    hard = rng.random(grid.shape[:-1]) < 0.3
+    grid[..., k] = np.where(hard, rng.choice(pool, size=grid.shape[:-1]), grid[..., k])
+  grid[0, 5 % num_points, ..., 0] = np.nan
+  grid[-1, 7 % num_points, ..., -1] = np.inf
+  cotangent = rng.standard_normal((batch, channels) + grid.shape[1:-1]).astype(dtype)
+  return inp, grid.astype(dtype), cotangent, ac
+
+
+def _forward_and_gradients(inp, grid, cotangent, mode, padding, ac, implementation, channels_last=False):
+  def run(i, g, o):
+    out, vjp = jax.vjp(lambda a, b: grid_sample(a, b, mode, padding, ac, channels_last=channels_last,
+                                                implementation=implementation), i, g)
+    return (out,) + vjp(o)
+
+  return [np.asarray(a) for a in jax.jit(run)(inp, grid, cotangent)]
+
+
+@pytest.mark.parametrize("dtype", cases.DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("ndim,mode,padding", CONFIGS)
+def test_matches_the_xla_implementation_over_many_blocks(ndim, mode, padding, dtype):
+  """Two samples of 4099 points: two full blocks and an odd tail per sample, in both layouts."""
+  inp, grid, cotangent, ac = _case(ndim, mode, padding, dtype, num_points=4099)
+  expected = _forward_and_gradients(inp, grid, cotangent, mode, padding, ac, "xla")
+  tolerance = 2e-5 if dtype == np.float32 else 1e-12
+  for channels_last in (False, True):
+    args = (np.moveaxis(inp, 1, -1), grid, np.moveaxis(cotangent, 1, -1)) if channels_last else (inp, grid, cotangent)
+    ours = _forward_and_gradients(*args, mode, padding, ac, "cpu", channels_last=channels_last)
+    if channels_last:
+      ours = [np.moveaxis(ours[0], -1, 1), np.moveaxis(ours[1], -1, 1), ours[2]]
+    for what, a, b in zip(("out", "grad_input", "grad_grid"), ours, expected):
+      cases.assert_close(a, b, dtype, what=f"{what} channels_last={channels_last}")
+
+
+def test_vmap_folds_the_mapped_axis_into_the_batch():
+  inp, grid, cotangent, ac = _case(2, "bilinear", "border", np.float64, num_points=37)
+  stacked_grid = np.stack([grid, grid[::-1], grid * 0.5])
+
+  def f(x, g):
+    return grid_sample(x, g, "bilinear", "border", ac, implementation="cpu")
+
+  mapped = jax.jit(jax.vmap(f, in_axes=(None, 0)))(inp, stacked_grid)
+  for k in range(3):
+    np.testing.assert_array_equal(np.asarray(mapped[k]), np.asarray(f(inp, stacked_grid[k])))
+  grads = jax.vmap(jax.grad(lambda x, g: jnp.sum(f(x, g) * cotangent), (0, 1)), in_axes=(None, 0))(inp, stacked_grid)
+  for k in range(3):
+    single = jax.grad(lambda x, g: jnp.sum(f(x, g) * cotangent), (0, 1))(inp, stacked_grid[k])
+    for a, b in zip(grads, single):
+      np.testing.assert_allclose(np.asarray(a[k]), np.asarray(b), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("mode", cases.MODES)
+def test_second_order_and_forward_over_reverse_use_the_xla_formulas(mode):
+  """The compiled backward's own derivatives are the XLA backward's: grad of grad and jacfwd of grad agree."""
+  inp, grid, cotangent, ac = _case(2, mode, "zeros", np.float64, num_points=6, batch=1, channels=2)
+  weights = np.random.default_rng(1).standard_normal(inp.shape)
+
+  def second(implementation):
+    def loss(x, g):
+      return jnp.sum(grid_sample(x, g, mode, "zeros", ac, implementation=implementation) * cotangent)
+
+    def first(x, g):
+      grad_x, grad_g = jax.grad(loss, (0, 1))(x, g)
+      return jnp.sum(grad_x * weights) + jnp.sum(grad_g ** 2)
+
+    finite = np.nan_to_num(grid, nan=0.25, posinf=0.5)
+    reverse = jax.grad(first, (0, 1))(inp, finite)
+    forward_over_reverse = jax.jacfwd(lambda g: jax.grad(loss, 1)(inp, g))(finite)
+    return [np.asarray(a) for a in (*reverse, forward_over_reverse)]
+
+  for a, b in zip(second("cpu"), second("xla")):
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_results_are_bit_identical_run_to_run():
+  inp, grid, cotangent, ac = _case(3, "bilinear", "reflection", np.float32, num_points=5000, channels=5, batch=3)
+  first = _forward_and_gradients(inp, grid, cotangent, "bilinear", "reflection", ac, "cpu")
+  jax.clear_caches()
+  second = _forward_and_gradients(inp, grid, cotangent, "bilinear", "reflection", ac, "cpu")
+  for a, b in zip(first, second):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_the_default_is_the_kernel_on_cpu_and_the_choice_is_checked():
+  assert jax.default_backend() == "cpu"
+  assert choose_implementation(None, (4, 4)) == "cpu"
+  assert choose_implementation("xla", (4, 4)) == "xla"
+  assert choose_implementation(None, (2**16, 2**16)) == "xla"  # beyond the kernel's int32 pixel offsets
+  with pytest.raises(ValueError, match=r"expected implementation to be None or one of 'xla', 'cpu', but got: 'gpu'"):
+    grid_sample(jnp.ones((1, 1, 2, 2)), jnp.zeros((1, 1, 1, 2)), implementation="gpu")
+  with pytest.raises(ValueError, match="at most 2147483647 pixels per channel"):
+    choose_implementation("cpu", (2**16, 2**16))
+
+
+_SUBPROCESS_CHECK = """
+import json, sys
+import jax, numpy as np
+jax.config.update("jax_enable_x64", True)
+from jaxgridsample import _cpu_kernel, grid_sample
+report = {"isa": _cpu_kernel._loaded()[0], "reason": _cpu_kernel.unavailable_reason(), "results": {}}
+try:
+  grid_sample(np.ones((1, 1, 2, 2)), np.zeros((1, 1, 1, 2)), implementation="cpu")
+except ValueError as error:
+  report["cpu_error"] = str(error)
+rng = np.random.default_rng(0)
+for ndim, mode, padding in json.loads(sys.argv[1]):
+  spatial = (9, 13) if ndim == 2 else (5, 6, 7)
+  inp = rng.standard_normal((2, 3) + spatial)
+  grid = rng.uniform(-1.3, 1.3, (2, 2500) + (1,) * (ndim - 1) + (ndim,))
+  cot = rng.standard_normal((2, 3, 2500) + (1,) * (ndim - 1))
+  out, vjp = jax.vjp(lambda a, b: grid_sample(a, b, mode, padding), inp, grid)
+  report["results"][f"{ndim}-{mode}-{padding}"] = [np.asarray(a).tolist() for a in (out, *vjp(cot))]
+print(json.dumps(report))
+"""
+
+
+def _run_elsewhere(environment, configs, prefix=()):
+  env = dict(os.environ, **environment)
+  env.pop("XLA_FLAGS", None)
+  result = subprocess.run([*prefix, sys.executable, "-c", _SUBPROCESS_CHECK, json.dumps(configs)],
+                          capture_output=True, text=True, timeout=600, env=env, check=False,
+                          cwd=pathlib.Path(__file__).parent)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_baseline_build_and_one_thread_give_the_same_numbers():
+  """The generic (non-AVX2) build, and the kernel pinned to one core, against the default process.
+
+  The work split depends on the thread count, but no sum does: each
+  channel's grad_input and each point's grid gradient is accumulated by one
+  thread in a fixed order.
+  """
+  configs = [[2, "bilinear", "zeros"], [2, "bicubic", "reflection"], [3, "bilinear", "border"],
+             [3, "nearest", "zeros"], [3, "bicubic", "zeros"]]
+  default = _run_elsewhere({}, configs)
+  if default["isa"] == "avx2":
+    generic = _run_elsewhere({_cpu_kernel.ENVIRONMENT_VARIABLE: "generic"}, configs)
+    assert generic["isa"] == "generic"
+    for key, arrays in default["results"].items():
+      for a, b in zip(arrays, generic["results"][key]):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-13, atol=1e-13, err_msg=key)
+  if shutil.which("taskset") and len(os.sched_getaffinity(0)) > 1:
+    one_core = _run_elsewhere({}, configs, prefix=("taskset", "-c", "0"))
+    for key, arrays in default["results"].items():
+      for a, b in zip(arrays, one_core["results"][key]):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=key)
+
+
+def test_switched_off_kernel_falls_back_and_says_why():
+  report = _run_elsewhere({_cpu_kernel.ENVIRONMENT_VARIABLE: "off"}, [[2, "bilinear", "zeros"]])
+  assert report["isa"] is None and report["reason"] == f"{_cpu_kernel.ENVIRONMENT_VARIABLE}=off"
+  assert "implementation='cpu' needs the compiled CPU kernel" in report["cpu_error"]
+  assert report["results"]  # the default ran, on the XLA implementation
