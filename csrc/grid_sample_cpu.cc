@@ -29,8 +29,11 @@
 // exports its handlers under its own names, and jaxgridsample/_cpu_kernel.py
 // registers the best one the processor supports.
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
@@ -38,7 +41,9 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <type_traits>
+#include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -106,6 +111,27 @@ inline Vec<T> Max(Vec<T> a, Vec<T> b) {
   return Select<T>(b > a, b, a);
 }
 
+#ifdef JAXGRIDSAMPLE_AVX2
+// vroundps/vroundpd: exact, so the same results as the portable versions below.
+template <int kRounding, typename T>
+inline Vec<T> Round(Vec<T> x) {
+  if constexpr (sizeof(T) == 4) {
+    return reinterpret_cast<Vec<T>>(_mm256_round_ps(reinterpret_cast<__m256>(x), kRounding | _MM_FROUND_NO_EXC));
+  } else {
+    return reinterpret_cast<Vec<T>>(_mm256_round_pd(reinterpret_cast<__m256d>(x), kRounding | _MM_FROUND_NO_EXC));
+  }
+}
+
+template <typename T>
+inline Vec<T> RoundHalfEven(Vec<T> x) {
+  return Round<_MM_FROUND_TO_NEAREST_INT, T>(x);
+}
+
+template <typename T>
+inline Vec<T> Floor(Vec<T> x) {
+  return Round<_MM_FROUND_TO_NEG_INF, T>(x);
+}
+#else
 // Round half to even (nearbyint in the default rounding mode): adding and
 // subtracting 2^(mantissa bits) leaves the rounded integer. Larger values are
 // integers already.
@@ -121,6 +147,7 @@ inline Vec<T> Floor(Vec<T> x) {
   const Vec<T> rounded = RoundHalfEven<T>(x);
   return Select<T>(rounded > x, rounded - T(1), rounded);
 }
+#endif
 
 // a * b + c with one rounding.
 template <typename T>
@@ -153,6 +180,29 @@ inline Vec<T> LoadStrided(const T* p, int stride, int n) {
   Vec<T> result{};
   for (int i = 0; i < Simd<T>::kLanes; ++i) result[i] = i < n ? p[i * stride] : T(0);
   return result;
+}
+
+// The x and y components of kLanes points (x, y) at p, deinterleaved.
+template <typename T>
+inline void LoadPairs(const T* p, Vec<T>* x, Vec<T>* y) {
+#ifdef JAXGRIDSAMPLE_AVX2
+  if constexpr (sizeof(T) == 4) {
+    const __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + 8);
+    // Within 128-bit halves: [x0 x1 x4 x5 | x2 x3 x6 x7]; then the middle quarters swap.
+    const __m256 xs = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+    const __m256 ys = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+    *x = reinterpret_cast<Vec<T>>(_mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(xs), 0xD8)));
+    *y = reinterpret_cast<Vec<T>>(_mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ys), 0xD8)));
+  } else {
+    const __m256d a = _mm256_loadu_pd(p), b = _mm256_loadu_pd(p + 4);
+    // [x0 x2 x1 x3], then the middle quarters swap.
+    *x = reinterpret_cast<Vec<T>>(_mm256_permute4x64_pd(_mm256_unpacklo_pd(a, b), 0xD8));
+    *y = reinterpret_cast<Vec<T>>(_mm256_permute4x64_pd(_mm256_unpackhi_pd(a, b), 0xD8));
+  }
+#else
+  *x = LoadStrided(p, 2, Simd<T>::kLanes);
+  *y = LoadStrided(p + 1, 2, Simd<T>::kLanes);
+#endif
 }
 
 template <typename V>
@@ -308,6 +358,9 @@ struct AxisTaps {
 struct Linear {
   static constexpr int kTaps = 2;
   static constexpr bool kHasSlope = true;
+  // Whether tap k of an axis is always tap 0 plus k pixels.
+  template <Padding kPad>
+  static constexpr bool kAdjacentTaps = true;
 
   template <typename T, Padding kPad, int kRank>
   static void Taps(Vec<T> g, const Axis& axis, AxisTaps<T, 2>* taps) {
@@ -330,6 +383,8 @@ struct Linear {
 struct Nearest {
   static constexpr int kTaps = 1;
   static constexpr bool kHasSlope = false;
+  template <Padding kPad>
+  static constexpr bool kAdjacentTaps = true;
 
   template <typename T, Padding kPad, int kRank>
   static void Taps(Vec<T> g, const Axis& axis, AxisTaps<T, 1>* taps) {
@@ -346,6 +401,9 @@ struct Nearest {
 struct Cubic {
   static constexpr int kTaps = 4;
   static constexpr bool kHasSlope = true;
+  // Border and reflection pad each tap on its own.
+  template <Padding kPad>
+  static constexpr bool kAdjacentTaps = kPad == Padding::kZeros;
 
   // |d| <= 1: (A + 2) d^3 - (A + 3) d^2 + 1, and its derivative.
   template <typename T>
@@ -392,7 +450,7 @@ struct Geometry {
   int64_t num_batch;
   int64_t channels;
   int64_t num_points;  // output points per sample
-  int64_t num_pixels;  // input pixels per sample and channel (< 2^31)
+  int64_t num_pixels;  // input pixels per sample and channel (< 2^30)
   bool channels_last;
 };
 
@@ -449,31 +507,57 @@ inline void ComputeLaneTaps(const T* points, int count, const Axis* axes, const 
                             bool with_slopes, LaneTapsFor<T, Family, kNdim>* out) {
   constexpr int kTapsPerAxis = Family::kTaps;
   constexpr int kTaps = Power(kTapsPerAxis, kNdim);
+  constexpr bool kAdjacent = Family::template kAdjacentTaps<kPad>;
   AxisTaps<T, kTapsPerAxis> taps[kNdim];
   Mask<T> inside[kNdim][kTapsPerAxis];
   Index<T> index[kNdim][kTapsPerAxis];
+  Vec<T> components[kNdim];  // grid component 0 is x, the last spatial axis
+  if (kNdim == 2 && count == Simd<T>::kLanes) {
+    LoadPairs(points, &components[1], &components[0]);
+  } else {
+    for (int a = 0; a < kNdim; ++a) components[a] = LoadStrided(points + (kNdim - 1 - a), kNdim, count);
+  }
   for (int a = 0; a < kNdim; ++a) {
-    // Grid component 0 is x, the last spatial axis.
-    const Vec<T> g = LoadStrided(points + (kNdim - 1 - a), kNdim, count);
+    const Vec<T> g = components[a];
     Family::template Taps<T, kPad, kNdim>(g, axes[a], &taps[a]);
     const T upper = T(axes[a].size - 1);
     for (int k = 0; k < kTapsPerAxis; ++k) {
       const Vec<T> position = taps[a].position[k];
       // Compared as floating point: a huge coordinate never overflows.
       inside[a][k] = (position >= T(0)) & (position <= upper);
-      index[a][k] = __builtin_convertvector(Min<T>(Max<T>(position, Vec<T>{}), Broadcast<T>(upper)), Index<T>);
+      if (!kAdjacent || k == 0) {
+        // Clamped (adjacent taps: to a few pixels beyond the edges, enough to
+        // keep the tap sums below in range) before the integer conversion.
+        const T low = kAdjacent ? T(-kTapsPerAxis) : T(0);
+        const T high = kAdjacent ? upper + T(1) : upper;
+        index[a][k] = __builtin_convertvector(Min<T>(Max<T>(position, Broadcast<T>(low)), Broadcast<T>(high)),
+                                              Index<T>);
+      }
     }
+  }
+  // Adjacent taps: one flat index per point, then a constant per tap. An
+  // index that lies outside is never read (the offset becomes -1 below).
+  Index<T> first_flat{};
+  if (kAdjacent) {
+    for (int a = 0; a < kNdim; ++a) first_flat += index[a][0] * strides.stride[a];
   }
   for (int t = 0; t < kTaps; ++t) {
     int digit[kNdim];
     for (int a = kNdim - 1, rest = t; a >= 0; --a, rest /= kTapsPerAxis) digit[a] = rest % kTapsPerAxis;
     Mask<T> ok = inside[0][digit[0]];
-    Index<T> flat = index[0][digit[0]] * strides.stride[0];
     Vec<T> w = taps[0].weight[digit[0]];
     for (int a = 1; a < kNdim; ++a) {
       ok &= inside[a][digit[a]];
-      flat += index[a][digit[a]] * strides.stride[a];
       w *= taps[a].weight[digit[a]];
+    }
+    Index<T> flat;
+    if (kAdjacent) {
+      int32_t shift = 0;
+      for (int a = 0; a < kNdim; ++a) shift += digit[a] * strides.stride[a];
+      flat = first_flat + shift;
+    } else {
+      flat = index[0][digit[0]] * strides.stride[0];
+      for (int a = 1; a < kNdim; ++a) flat += index[a][digit[a]] * strides.stride[a];
     }
     out->offset[t] = __builtin_convertvector(ok, Index<T>) ? flat : Index<T>{} - 1;
     out->weight[t] = Select<T>(ok, w, Vec<T>{});
@@ -739,45 +823,136 @@ void GradGridBlock(const Table& block, const T* values, const T* grad_out, T* gr
 // Work split over XLA's intra-op thread pool.
 // ---------------------------------------------------------------------------
 
-// Runs fn(unit) for unit in [0, num_units) on the calling thread and on
-// helpers from the pool. Units are claimed from a shared counter, so the
-// caller finishes the work alone if no helper starts; it then waits only for
-// helpers that did start. A helper that starts after that does nothing, so a
-// pool busy with other work (or with another of our calls) cannot deadlock us.
+// Helper threads of our own, not XLA's pool: a pool thread woken for each
+// call was often placed on the caller's core (the other one idle), so one
+// core did all the work, and after an idle moment that was the common case
+// (twice the time of a warm call). Our workers stay awake, spinning politely
+// (yielding the core to anything runnable), for kSpinMicroseconds after
+// their last unit, as OpenMP's do in PyTorch, so back-to-back calls find
+// them running; then they block until the next call.
+constexpr int64_t kSpinMicroseconds = 2000;
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+class Workers {
+ public:
+  // The process's workers, created on first use; never destroyed (detached
+  // threads may outlive static destructors). A forked child gets new ones.
+  static Workers& Get() {
+    static std::once_flag registered;
+    std::call_once(registered, [] { pthread_atfork(nullptr, nullptr, [] { instance_ = nullptr; }); });
+    Workers* workers = instance_.load();
+    if (workers == nullptr) {
+      Workers* fresh = new Workers;
+      if (instance_.compare_exchange_strong(workers, fresh)) return *fresh;
+      delete fresh;
+    }
+    return *workers;
+  }
+
+  // Runs fn(unit) for unit in [0, num_units) on the calling thread and on at
+  // most threads - 1 workers. Units are claimed from a shared counter, so the
+  // caller finishes alone if no worker joins in time; it then waits only for
+  // workers that joined. A concurrent call (another thread of the program)
+  // finds the workers taken and runs alone: never a deadlock, never a wait.
+  template <typename Fn>
+  void Run(int64_t threads, int64_t num_units, const Fn& fn) {
+    const int64_t helpers = std::min<int64_t>(threads, num_units) - 1;
+    std::unique_lock<std::mutex> submit(submit_, std::try_to_lock);
+    if (helpers <= 0 || !submit.owns_lock() || Grow(helpers) == 0) {
+      for (int64_t unit = 0; unit < num_units; ++unit) fn(unit);
+      return;
+    }
+    Job job{&Job::Call<Fn>, &fn, num_units, std::min<int64_t>(helpers, static_cast<int64_t>(threads_.size()))};
+    job_.store(&job);
+    generation_.fetch_add(1);
+    if (sleeping_.load() > 0) {
+      std::lock_guard<std::mutex> lock(sleep_mutex_);
+      wake_.notify_all();
+    }
+    job.Work();
+    // Workers that load the job after this see none; those that joined are
+    // counted, and the caller waits for their last units.
+    job_.store(nullptr);
+    while (joined_.load() != 0) CpuRelax();
+  }
+
+ private:
+  struct Job {
+    void (*call)(const void* fn, int64_t unit);
+    const void* fn;
+    int64_t num_units;
+    int64_t helpers;  // workers 0 .. helpers - 1 may join
+    std::atomic<int64_t> next{0};
+
+    template <typename Fn>
+    static void Call(const void* fn, int64_t unit) {
+      (*static_cast<const Fn*>(fn))(unit);
+    }
+    void Work() {
+      for (int64_t unit = next++; unit < num_units; unit = next++) call(fn, unit);
+    }
+  };
+
+  // Starts workers up to ``count``; the number running.
+  size_t Grow(int64_t count) {
+    while (static_cast<int64_t>(threads_.size()) < count) {
+      const int index = static_cast<int>(threads_.size());
+      try {
+        std::thread(&Workers::Loop, this, index).detach();
+      } catch (...) {
+        break;  // no more threads: run with those there are
+      }
+      threads_.push_back(index);
+    }
+    return threads_.size();
+  }
+
+  void Loop(int index) {
+    uint64_t seen = generation_.load();
+    for (;;) {
+      WaitForGeneration(&seen);
+      joined_.fetch_add(1);
+      if (Job* job = job_.load(); job != nullptr && index < job->helpers) job->Work();
+      joined_.fetch_sub(1);
+    }
+  }
+
+  // Returns once the generation differs from *seen, and updates *seen.
+  void WaitForGeneration(uint64_t* seen) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicroseconds);
+    for (int spin = 0; generation_.load() == *seen; ++spin) {
+      CpuRelax();
+      if (spin % 64 != 63) continue;
+      std::this_thread::yield();
+      if (std::chrono::steady_clock::now() < deadline) continue;
+      std::unique_lock<std::mutex> lock(sleep_mutex_);
+      sleeping_.fetch_add(1);
+      wake_.wait(lock, [&] { return generation_.load() != *seen; });
+      sleeping_.fetch_sub(1);
+    }
+    *seen = generation_.load();
+  }
+
+  static inline std::atomic<Workers*> instance_{nullptr};
+  std::mutex submit_;          // held by the one call using the workers
+  std::vector<int> threads_;   // indices of the started workers
+  std::atomic<Job*> job_{nullptr};
+  std::atomic<uint64_t> generation_{0};  // one more per job
+  std::atomic<int> joined_{0};           // workers inside a job
+  std::atomic<int> sleeping_{0};
+  std::mutex sleep_mutex_;
+  std::condition_variable wake_;
+};
+
+// Runs fn(unit) for unit in [0, num_units) on as many threads as XLA's pool has.
 template <typename Fn>
 void ParallelFor(ffi::ThreadPool& pool, int64_t num_units, const Fn& fn) {
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), num_units) - 1;
-  if (helpers <= 0) {
-    for (int64_t unit = 0; unit < num_units; ++unit) fn(unit);
-    return;
-  }
-  struct State {
-    std::atomic<int64_t> next{0};
-    std::mutex mutex;
-    std::condition_variable idle;
-    int active = 0;
-    bool closed = false;
-  };
-  auto state = std::make_shared<State>();
-  auto work = [state, num_units, &fn] {
-    for (int64_t unit = state->next++; unit < num_units; unit = state->next++) fn(unit);
-  };
-  for (int64_t h = 0; h < helpers; ++h) {
-    pool.Schedule([state, work] {
-      {
-        std::lock_guard<std::mutex> lock(state->mutex);
-        if (state->closed) return;
-        ++state->active;
-      }
-      work();
-      std::lock_guard<std::mutex> lock(state->mutex);
-      if (--state->active == 0) state->idle.notify_all();
-    });
-  }
-  work();
-  std::unique_lock<std::mutex> lock(state->mutex);
-  state->closed = true;
-  state->idle.wait(lock, [&] { return state->active == 0; });
+  Workers::Get().Run(pool.num_threads(), num_units, fn);
 }
 
 // Points per unit of work: whole blocks, about four units per thread.
@@ -801,20 +976,31 @@ void InterpolateDirect(const T* values, const T* grid, T* out, int64_t begin, in
                        const Axis* axes) {
   constexpr int kLanes = Simd<T>::kLanes;
   constexpr int kTaps = Power(Family::kTaps, kNdim);
+  // Two sets of lanes at a time: their gathers are independent, so the
+  // second set's loads are in flight while the first set's wait on memory.
+  constexpr int kSets = 2;
   const PixelStrides<kNdim> strides(axes);
-  LaneTapsFor<T, Family, kNdim> lanes;
-  for (int64_t b = begin; b < end; b += kLanes) {
-    const int count = static_cast<int>(std::min<int64_t>(kLanes, end - b));
-    ComputeLaneTaps<T, Family, kNdim, kPad>(grid + b * kNdim, count, axes, strides, false, &lanes);
+  LaneTapsFor<T, Family, kNdim> lanes[kSets];
+  for (int64_t b = begin; b < end; b += kSets * kLanes) {
+    int count[kSets];
+    for (int s = 0; s < kSets; ++s) {
+      count[s] = static_cast<int>(std::clamp<int64_t>(end - b - s * kLanes, 0, kLanes));
+      ComputeLaneTaps<T, Family, kNdim, kPad>(grid + (b + s * kLanes) * kNdim, count[s], axes, strides, false,
+                                              &lanes[s]);
+    }
     const T* plane = values;
     T* row = out + b;
     for (int64_t c = 0; c < g.channels; ++c, plane += g.num_pixels, row += g.num_points) {
-      Vec<T> sum{};
-      for (int t = 0; t < kTaps; ++t) sum += lanes.weight[t] * GatherVec(plane, lanes.offset[t]);
-      if (count == kLanes) {
-        Store(row, sum);
-      } else {
-        for (int i = 0; i < count; ++i) row[i] = sum[i];
+      Vec<T> sum[kSets] = {};
+      for (int t = 0; t < kTaps; ++t) {
+        for (int s = 0; s < kSets; ++s) sum[s] += lanes[s].weight[t] * GatherVec(plane, lanes[s].offset[t]);
+      }
+      for (int s = 0; s < kSets; ++s) {
+        if (count[s] == kLanes) {
+          Store(row + s * kLanes, sum[s]);
+        } else {
+          for (int i = 0; i < count[s]; ++i) row[s * kLanes + i] = sum[s][i];
+        }
       }
     }
   }
@@ -975,8 +1161,9 @@ ffi::Error Describe(const ffi::AnyBuffer& values, const ffi::AnyBuffer& grid, bo
     axes[a] = Axis{size, align_corners};
     g->num_pixels *= size;
   }
-  if (g->num_pixels >= (int64_t{1} << 31)) {
-    return ffi::Error::InvalidArgument("2^31 or more pixels per channel: use the XLA implementation");
+  // Offsets are int32, and sums of adjacent taps' offsets reach about twice this.
+  if (g->num_pixels >= (int64_t{1} << 30)) {
+    return ffi::Error::InvalidArgument("2^30 or more pixels per channel: use the XLA implementation");
   }
   return ffi::Error::Success();
 }

@@ -182,9 +182,9 @@ def _compiled_forward(values, grid, mode, padding_mode, align_corners, channels_
   differentiates the forward pass of :func:`sample`'s VJP too).
   """
   dtype = compute_dtype(values.dtype, grid.dtype)
-  out = _cpu_kernel.forward(values.astype(dtype), _flatten_points(grid.astype(dtype)), mode=mode,
-                            padding_mode=padding_mode, align_corners=align_corners, channels_last=channels_last)
-  return _unflatten_output(out, grid.shape, channels_last).astype(values.dtype)
+  out = _cpu_kernel.forward(values.astype(dtype), grid.astype(dtype), mode=mode, padding_mode=padding_mode,
+                            align_corners=align_corners, channels_last=channels_last)
+  return out.astype(values.dtype)
 
 
 @_compiled_forward.defjvp

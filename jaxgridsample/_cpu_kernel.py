@@ -36,8 +36,9 @@ import numpy as np
 MODES = {"bilinear": 0, "nearest": 1, "bicubic": 2}
 PADDINGS = {"zeros": 0, "border": 1, "reflection": 2}
 
-# The kernel addresses a channel's pixels with int32 offsets.
-MAX_PIXELS = 2**31 - 1
+# The kernel addresses a channel's pixels with int32 offsets, which it adds up
+# to about twice the pixel count.
+MAX_PIXELS = 2**30 - 1
 
 ENVIRONMENT_VARIABLE = "JAXGRIDSAMPLE_CPU_KERNEL"
 _LIBRARY_STEM = "_grid_sample_cpu"
@@ -92,11 +93,11 @@ def _loaded() -> tuple[str | None, str]:
 def _self_test(isa: str) -> None:
   """Runs the kernel once, so that an ABI mismatch with this jaxlib shows up here, not in a user's program."""
   values = np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2)
-  points = np.zeros((1, 1, 2), np.float32)  # the centre: the mean of the four pixels
+  grid = np.zeros((1, 1, 1, 2), np.float32)  # the centre: the mean of the four pixels
   with jax.ensure_compile_time_eval():
-    out = np.asarray(jax.jit(_forward_op("bilinear", "zeros", False, False, isa, 2))(values, points))
-  if out.shape != (1, 1, 1) or out[0, 0, 0] != 1.5:
-    raise RuntimeError(f"self-test gave {out!r}, expected [[[1.5]]]")
+    out = np.asarray(jax.jit(_forward_op("bilinear", "zeros", False, False, isa, 2, 2))(values, grid))
+  if out.shape != (1, 1, 1, 1) or out[0, 0, 0, 0] != 1.5:
+    raise RuntimeError(f"self-test gave {out!r}, expected [[[[1.5]]]]")
 
 
 def unavailable_reason() -> str | None:
@@ -159,24 +160,36 @@ def _rule_axes(ndim: int, channels_last: bool) -> tuple[str, str, str]:
   return values, "n p k", "n p c" if channels_last else "n c p"
 
 
+def _grid_rule_axes(out_ndim: int, channels_last: bool) -> tuple[str, str]:
+  """Sharding-rule factors of an unflattened grid (N, *spatial_out, ndim) and of the output it gives."""
+  spatial = " ".join(f"o{i}" for i in range(out_ndim))
+  return f"n {spatial} k", f"n {spatial} c" if channels_last else f"n c {spatial}"
+
+
 def _attributes(mode, padding_mode, align_corners, channels_last):
   return {"mode": np.int32(MODES[mode]), "padding": np.int32(PADDINGS[padding_mode]),
           "align_corners": bool(align_corners), "channels_last": bool(channels_last)}
 
 
 @functools.cache
-def _forward_op(mode: str, padding_mode: str, align_corners: bool, channels_last: bool, isa: str, ndim: int):
+def _forward_op(mode: str, padding_mode: str, align_corners: bool, channels_last: bool, isa: str, ndim: int,
+                out_ndim: int):
   attributes = _attributes(mode, padding_mode, align_corners, channels_last)
 
-  def call(values, points):
+  def call(values, grid):
+    # The kernel reads the points flat, (N, P, ndim), and writes its output in
+    # the final shape: reshaping a flat (N, 1, P) result afterwards made XLA
+    # copy it (a layout it does not see is the same for one channel).
     channels = values.shape[-1] if channels_last else values.shape[1]
-    batch, num_points = points.shape[:2]
-    shape = (batch, num_points, channels) if channels_last else (batch, channels, num_points)
+    batch, out_spatial = grid.shape[0], grid.shape[1:-1]
+    points = grid.reshape(batch, math.prod(out_spatial), ndim)
+    shape = (batch, *out_spatial, channels) if channels_last else (batch, channels, *out_spatial)
     out = jax.ShapeDtypeStruct(shape, values.dtype)
     return jax.ffi.ffi_call(_target(isa, "forward"), out, vmap_method="broadcast_all")(values, points, **attributes)
 
-  values, points, out = _rule_axes(ndim, channels_last)
-  return _batch_parallel(call, f"{values}, {points} -> {out}")
+  values = _rule_axes(ndim, channels_last)[0]
+  grid, out = _grid_rule_axes(out_ndim, channels_last)
+  return _batch_parallel(call, f"{values}, {grid} -> {out}")
 
 
 @functools.cache
@@ -199,10 +212,13 @@ def _isa() -> str:
   return isa
 
 
-def forward(values, points, *, mode, padding_mode, align_corners, channels_last):
-  """The sampled values, (N, C, P) or (N, P, C); values and points of one float dtype (float32 or float64)."""
-  op = _forward_op(mode, padding_mode, align_corners, channels_last, _isa(), points.shape[-1])
-  return op(values, points)
+def forward(values, grid, *, mode, padding_mode, align_corners, channels_last):
+  """The sampled values, (N, C, *spatial_out) or (N, *spatial_out, C), for a grid (N, *spatial_out, ndim).
+
+  ``values`` and ``grid`` have one float dtype (float32 or float64).
+  """
+  op = _forward_op(mode, padding_mode, align_corners, channels_last, _isa(), grid.shape[-1], grid.ndim - 2)
+  return op(values, grid)
 
 
 def backward(values, points, grad_out, *, mode, padding_mode, align_corners, channels_last):

@@ -126,6 +126,22 @@ def test_results_are_bit_identical_run_to_run():
     np.testing.assert_array_equal(a, b)
 
 
+def test_concurrent_calls_from_several_threads_agree_with_one_call():
+  # The kernel's worker threads serve one call at a time; the others run on
+  # their callers' threads alone. Every thread must still get the full answer.
+  from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+  inp, grid, cotangent, ac = _case(2, "bicubic", "border", np.float32, num_points=6000, channels=4, batch=3)
+  expected = _forward_and_gradients(inp, grid, cotangent, "bicubic", "border", ac, "cpu")
+  run = jax.jit(lambda i, g, o: jax.vjp(lambda a, b: grid_sample(a, b, "bicubic", "border", ac), i, g)[1](o))
+  forward = jax.jit(lambda i, g: grid_sample(i, g, "bicubic", "border", ac))
+  with ThreadPoolExecutor(4) as threads:
+    results = list(threads.map(lambda _: (forward(inp, grid), *run(inp, grid, cotangent)), range(16)))
+  for result in results:
+    for got, want in zip(result, expected):
+      np.testing.assert_array_equal(np.asarray(got), want)
+
+
 def test_the_default_is_the_kernel_on_cpu_and_the_choice_is_checked():
   assert jax.default_backend() == "cpu"
   assert choose_implementation(None, (4, 4)) == "cpu"
@@ -133,7 +149,7 @@ def test_the_default_is_the_kernel_on_cpu_and_the_choice_is_checked():
   assert choose_implementation(None, (2**16, 2**16)) == "xla"  # beyond the kernel's int32 pixel offsets
   with pytest.raises(ValueError, match=r"expected implementation to be None or one of 'xla', 'cpu', but got: 'gpu'"):
     grid_sample(jnp.ones((1, 1, 2, 2)), jnp.zeros((1, 1, 1, 2)), implementation="gpu")
-  with pytest.raises(ValueError, match="at most 2147483647 pixels per channel"):
+  with pytest.raises(ValueError, match="at most 1073741823 pixels per channel"):
     choose_implementation("cpu", (2**16, 2**16))
 
 
