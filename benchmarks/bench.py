@@ -189,6 +189,19 @@ def library_version() -> dict:
   return info
 
 
+def _default_implementation() -> str:
+  """Which implementation grid_sample chooses here ("cpu": the compiled kernel, with its ISA; "xla")."""
+  try:
+    from jaxgridsample import _cpu_kernel  # noqa: PLC0415
+    from jaxgridsample._api import choose_implementation  # noqa: PLC0415
+  except ImportError:  # versions before the compiled kernel
+    return "xla"
+  choice = choose_implementation(None, (2, 2))
+  if choice == "cpu":
+    return f"cpu ({_cpu_kernel.loaded_isa()} build of the compiled kernel)"
+  return f"xla ({_cpu_kernel.unavailable_reason() or 'not the CPU backend'})"
+
+
 def environment(num_threads: int) -> dict:
   """Machine and library versions for the header."""
   try:
@@ -214,6 +227,7 @@ def environment(num_threads: int) -> dict:
       "pause_s": PAUSE_S,
       "jaxgridsample": library_version(),
       "baseline_layout_arg": _FORWARD_HAS_LAYOUT,
+      "jgs_implementation": _default_implementation(),
       "load_average_start": load_average(),
   }
 
@@ -341,7 +355,8 @@ def build_competitors(input_shape, out_spatial, mode, padding_mode, align_corner
 
 
 # Both libraries' worker threads busy-wait for a while after a call (torch's
-# OpenMP pool, XLA's thread pool). A call that runs right after the other
+# OpenMP pool about 10 ms here, jaxgridsample's CPU kernel workers 2 ms; XLA's
+# own pool hardly at all). A call that runs right after the other
 # library's therefore shares the cores with spinning threads: a 5 ms JAX
 # forward took 10 ms right after a torch call on 2 cores. Each competitor
 # thus runs as a block of calls of which only the last is timed, so every
@@ -473,7 +488,8 @@ def render(env: dict, args: argparse.Namespace, workloads: list[dict], scaling: 
       f" torch {env['torch']}",
       f"- jaxgridsample {lib['version']} at commit {lib['commit']}"
       f"{' + uncommitted changes' if lib['modified'] else ''} (source sha256 {lib['source_sha256']});"
-      f" baseline forward {'channels first' if env['baseline_layout_arg'] else 'channels last + moveaxis'}",
+      f" baseline forward {'channels first' if env['baseline_layout_arg'] else 'channels last + moveaxis'};"
+      f" jgs implementation {env.get('jgs_implementation', 'xla')}",
       f"- torch CPU capability: {env['torch_cpu_capability']};"
       f" torch.set_num_threads({env['torch_num_threads']});"
       f" OMP_WAIT_POLICY {env.get('omp_wait_policy') or 'unset (the default)'}",

@@ -30,6 +30,9 @@
 // registers the best one the processor supports.
 
 #include <pthread.h>
+#ifdef __linux__
+#include <sched.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -838,6 +841,45 @@ inline void CpuRelax() {
 #endif
 }
 
+inline int CurrentCpu() {
+#ifdef __linux__
+  return sched_getcpu();
+#else
+  return -1;
+#endif
+}
+
+// While it lives, keeps the calling thread off ``cpu`` if it is running there
+// (and may run elsewhere). A sleeping worker woken by a call was sometimes
+// placed on the caller's core, beside it, with the other core idle: the
+// scheduler took milliseconds to spread them. Moving off costs two syscalls.
+class AvoidCpu {
+ public:
+  explicit AvoidCpu(int cpu) {
+#ifdef __linux__
+    if (cpu < 0 || sched_getcpu() != cpu) return;
+    if (pthread_getaffinity_np(pthread_self(), sizeof(original_), &original_) != 0) return;
+    if (!CPU_ISSET(cpu, &original_) || CPU_COUNT(&original_) < 2) return;
+    cpu_set_t elsewhere = original_;
+    CPU_CLR(cpu, &elsewhere);
+    moved_ = pthread_setaffinity_np(pthread_self(), sizeof(elsewhere), &elsewhere) == 0;
+#endif
+  }
+  ~AvoidCpu() {
+#ifdef __linux__
+    if (moved_) pthread_setaffinity_np(pthread_self(), sizeof(original_), &original_);
+#endif
+  }
+  AvoidCpu(const AvoidCpu&) = delete;
+  AvoidCpu& operator=(const AvoidCpu&) = delete;
+
+ private:
+#ifdef __linux__
+  cpu_set_t original_;
+#endif
+  bool moved_ = false;
+};
+
 class Workers {
  public:
   // The process's workers, created on first use; never destroyed (detached
@@ -867,7 +909,8 @@ class Workers {
       for (int64_t unit = 0; unit < num_units; ++unit) fn(unit);
       return;
     }
-    Job job{&Job::Call<Fn>, &fn, num_units, std::min<int64_t>(helpers, static_cast<int64_t>(threads_.size()))};
+    Job job{&Job::Call<Fn>, &fn, num_units, std::min<int64_t>(helpers, static_cast<int64_t>(threads_.size())),
+            CurrentCpu()};
     job_.store(&job);
     generation_.fetch_add(1);
     if (sleeping_.load() > 0) {
@@ -887,6 +930,7 @@ class Workers {
     const void* fn;
     int64_t num_units;
     int64_t helpers;  // workers 0 .. helpers - 1 may join
+    int caller_cpu;   // -1 if unknown
     std::atomic<int64_t> next{0};
 
     template <typename Fn>
@@ -917,7 +961,10 @@ class Workers {
     for (;;) {
       WaitForGeneration(&seen);
       joined_.fetch_add(1);
-      if (Job* job = job_.load(); job != nullptr && index < job->helpers) job->Work();
+      if (Job* job = job_.load(); job != nullptr && index < job->helpers) {
+        AvoidCpu avoid(job->caller_cpu);
+        job->Work();
+      }
       joined_.fetch_sub(1);
     }
   }
@@ -949,6 +996,15 @@ class Workers {
   std::condition_variable wake_;
 };
 
+// The calling thread's tap table of this type, kept from call to call.
+// Allocated per unit of work, the tables (128 KiB and more) went back to the
+// system when freed and were page-faulted afresh by the next unit.
+template <typename Table>
+Table& ThreadTable() {
+  thread_local std::unique_ptr<Table> table(new Table);
+  return *table;
+}
+
 // Runs fn(unit) for unit in [0, num_units) on as many threads as XLA's pool has.
 template <typename Fn>
 void ParallelFor(ffi::ThreadPool& pool, int64_t num_units, const Fn& fn) {
@@ -976,31 +1032,20 @@ void InterpolateDirect(const T* values, const T* grid, T* out, int64_t begin, in
                        const Axis* axes) {
   constexpr int kLanes = Simd<T>::kLanes;
   constexpr int kTaps = Power(Family::kTaps, kNdim);
-  // Two sets of lanes at a time: their gathers are independent, so the
-  // second set's loads are in flight while the first set's wait on memory.
-  constexpr int kSets = 2;
   const PixelStrides<kNdim> strides(axes);
-  LaneTapsFor<T, Family, kNdim> lanes[kSets];
-  for (int64_t b = begin; b < end; b += kSets * kLanes) {
-    int count[kSets];
-    for (int s = 0; s < kSets; ++s) {
-      count[s] = static_cast<int>(std::clamp<int64_t>(end - b - s * kLanes, 0, kLanes));
-      ComputeLaneTaps<T, Family, kNdim, kPad>(grid + (b + s * kLanes) * kNdim, count[s], axes, strides, false,
-                                              &lanes[s]);
-    }
+  LaneTapsFor<T, Family, kNdim> lanes;
+  for (int64_t b = begin; b < end; b += kLanes) {
+    const int count = static_cast<int>(std::min<int64_t>(kLanes, end - b));
+    ComputeLaneTaps<T, Family, kNdim, kPad>(grid + b * kNdim, count, axes, strides, false, &lanes);
     const T* plane = values;
     T* row = out + b;
     for (int64_t c = 0; c < g.channels; ++c, plane += g.num_pixels, row += g.num_points) {
-      Vec<T> sum[kSets] = {};
-      for (int t = 0; t < kTaps; ++t) {
-        for (int s = 0; s < kSets; ++s) sum[s] += lanes[s].weight[t] * GatherVec(plane, lanes[s].offset[t]);
-      }
-      for (int s = 0; s < kSets; ++s) {
-        if (count[s] == kLanes) {
-          Store(row + s * kLanes, sum[s]);
-        } else {
-          for (int i = 0; i < count[s]; ++i) row[s * kLanes + i] = sum[s][i];
-        }
+      Vec<T> sum{};
+      for (int t = 0; t < kTaps; ++t) sum += lanes.weight[t] * GatherVec(plane, lanes.offset[t]);
+      if (count == kLanes) {
+        Store(row, sum);
+      } else {
+        for (int i = 0; i < count; ++i) row[i] = sum[i];
       }
     }
   }
@@ -1025,11 +1070,11 @@ void Forward(ffi::ThreadPool& pool, const T* values, const T* grid, T* out, cons
       return;
     }
 #endif
-    std::unique_ptr<Block> block(new Block);
+    Block& block = ThreadTable<Block>();
     for (int64_t first = begin; first < end; first += Block::kPoints) {
       const int count = static_cast<int>(std::min<int64_t>(Block::kPoints, end - first));
-      FillTaps<T, Family, kNdim, kPad>(block.get(), grid + n * g.num_points * kNdim, first, count, axes, false);
-      InterpolateBlock(*block, values + n * sample_values, out + n * sample_out, first, g);
+      FillTaps<T, Family, kNdim, kPad>(&block, grid + n * g.num_points * kNdim, first, count, axes, false);
+      InterpolateBlock(block, values + n * sample_values, out + n * sample_out, first, g);
     }
   });
 }
@@ -1073,7 +1118,7 @@ void Backward(ffi::ThreadPool& pool, const T* values, const T* grid, const T* gr
   const int64_t grid_units = Family::kHasSlope && !fused ? g.num_batch * units_per_sample : 0;
 
   ParallelFor(pool, channel_units + grid_units, [&](int64_t unit) {
-    std::unique_ptr<Block> block(new Block);
+    Block* block = &ThreadTable<Block>();
     alignas(32) T total[kNdim][Block::kPoints];
     if (unit >= channel_units) {
       unit -= channel_units;
@@ -1082,7 +1127,7 @@ void Backward(ffi::ThreadPool& pool, const T* values, const T* grid, const T* gr
       const int64_t end = std::min(g.num_points, begin + per_unit);
       for (int64_t first = begin; first < end; first += Block::kPoints) {
         const int count = static_cast<int>(std::min<int64_t>(Block::kPoints, end - first));
-        FillTaps<T, Family, kNdim, kPad>(block.get(), grid + n * sample_grid, first, count, axes, true);
+        FillTaps<T, Family, kNdim, kPad>(block, grid + n * sample_grid, first, count, axes, true);
         GradGridBlock(*block, values + n * sample_values, grad_out + n * sample_out, grad_grid + n * sample_grid,
                       first, g);
       }
@@ -1103,7 +1148,7 @@ void Backward(ffi::ThreadPool& pool, const T* values, const T* grid, const T* gr
     T* grid_out = groups == 1 ? grad_grid + n * sample_grid : partial.get() + group * grid_size + n * sample_grid;
     for (int64_t first = 0; first < g.num_points; first += Block::kPoints) {
       const int count = static_cast<int>(std::min<int64_t>(Block::kPoints, g.num_points - first));
-      FillTaps<T, Family, kNdim, kPad>(block.get(), grid + n * sample_grid, first, count, axes, fused);
+      FillTaps<T, Family, kNdim, kPad>(block, grid + n * sample_grid, first, count, axes, fused);
       if (fused) {
         for (int s = 0; s < kNdim; ++s) std::fill(total[s], total[s] + count, T(0));
       }

@@ -106,6 +106,11 @@ def unavailable_reason() -> str | None:
   return None if isa is not None else reason
 
 
+def loaded_isa() -> str | None:
+  """The instruction set of the kernel build in use ("avx2" or "generic"), or None if there is none."""
+  return _loaded()[0]
+
+
 def usable_for(spatial_shape) -> bool:
   """Whether the kernel is loaded and can address an input of this spatial shape."""
   return unavailable_reason() is None and math.prod(spatial_shape) <= MAX_PIXELS
