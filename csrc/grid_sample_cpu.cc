@@ -5,8 +5,8 @@
 // ATen's CPU kernels, written as the loops that XLA's CPU backend does not
 // emit for a gather or a scatter-add: each point's taps are computed once, in
 // SIMD, and shared by every channel; every channel plane is swept over a block
-// of points while it is in cache; the work is split over XLA's intra-op thread
-// pool.
+// of points while it is in cache; the work is split over as many threads as
+// XLA's intra-op pool has, run by the kernel's own workers (see Workers).
 //
 // Anatomy, as in the Python package:
 //   * SIMD helpers (GCC/Clang vector extensions; AVX2 gathers where built);
@@ -18,7 +18,7 @@
 //     the axes;
 //   * the passes over a block (forward, grad_input, grad_grid) for the
 //     channels-first and channels-last layouts;
-//   * the thread-pool loop and the FFI handlers.
+//   * the worker threads and ParallelFor, and the FFI handlers.
 //
 // Built with -ffp-contract=off: the compiler must not fuse a multiply and an
 // add that PyTorch rounds separately (one ulp decides floor() at a pixel
