@@ -9,7 +9,8 @@
 // XLA's intra-op pool has, run by the kernel's own workers (see Workers).
 //
 // Anatomy, as in the Python package:
-//   * SIMD helpers (GCC/Clang vector extensions; AVX2 gathers where built);
+//   * SIMD helpers (GCC/Clang vector extensions; AVX2 gathers, and paired
+//     loads for the linear family's adjacent x taps, where built);
 //   * coordinates: unnormalise, sanitise non-finite values, pad (clip,
 //     reflect) with the padding's derivative multiplier;
 //   * one struct per interpolation family (Linear, Nearest, Cubic): the taps
@@ -628,6 +629,41 @@ inline Vec<T> GatherVec(const T* plane, Index<T> offset) {
   using Register = std::conditional_t<sizeof(T) == 4, __m256i, __m128i>;
   return reinterpret_cast<Vec<T>>(Gather(plane, reinterpret_cast<Register>(offset)));
 }
+// The float pairs (plane[o], plane[o + 1]) at 8 offsets o, as two vectors
+// (first, second); both 0 where inside is 0. Eight 8-byte loads instead of
+// two gathers of 8 floats: a gather is microcoded, and on a random grid the
+// forward waits on gathers more than on anything else; plain loads keep more
+// misses in flight. Needs a plane of at least 2 pixels (an outside pair reads
+// pixels 0 and 1).
+inline void ReadPairs(const float* plane, Index<float> offset, Index<float> inside, Vec<float>* first,
+                      Vec<float>* second) {
+  alignas(32) int32_t at[8];
+  Store(at, offset & inside);
+  auto two = [&](int i) {  // the pairs at at[i] and at[i + 1]
+    const __m128 low = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(plane + at[i])));
+    return _mm_loadh_pi(low, reinterpret_cast<const __m64*>(plane + at[i + 1]));
+  };
+  const __m256 low = _mm256_set_m128(two(2), two(0));    // a0 b0 a1 b1 | a2 b2 a3 b3
+  const __m256 high = _mm256_set_m128(two(6), two(4));   // a4 b4 a5 b5 | a6 b6 a7 b7
+  const __m256 a = _mm256_shuffle_ps(low, high, _MM_SHUFFLE(2, 0, 2, 0));  // a0 a1 a4 a5 | a2 a3 a6 a7
+  const __m256 b = _mm256_shuffle_ps(low, high, _MM_SHUFFLE(3, 1, 3, 1));
+  const __m256 mask = _mm256_castsi256_ps(reinterpret_cast<__m256i>(inside));
+  *first = reinterpret_cast<Vec<float>>(
+      _mm256_and_ps(_mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(a), 0xD8)), mask));
+  *second = reinterpret_cast<Vec<float>>(
+      _mm256_and_ps(_mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(b), 0xD8)), mask));
+}
+
+// Whether, in every lane, the x taps t and t + 1 (t even) of a linear point
+// are both inside or both outside, so that ReadPairs reads them. offset_of(t)
+// gives tap t's offsets. Not so within a pixel of an edge.
+template <int kTaps, typename OffsetOf>
+inline bool PairsAgree(const OffsetOf& offset_of) {
+  Index<float> split{};
+  for (int t = 0; t < kTaps; t += 2) split |= (offset_of(t) >= 0) ^ (offset_of(t + 1) >= 0);
+  const __m256i bits = reinterpret_cast<__m256i>(split);
+  return _mm256_testz_si256(bits, bits);
+}
 #endif
 
 template <typename T>
@@ -652,6 +688,11 @@ template <typename Table, typename T = typename Table::Value>
 void InterpolateBlock(const Table& block, const T* values, T* out, int64_t first, const Geometry& g) {
   constexpr int kTaps = Table::kTaps;
   const int n = block.count;
+#ifdef JAXGRIDSAMPLE_AVX2
+  // Two taps per axis: the linear family, whose x taps are adjacent pixels.
+  constexpr bool kPairs = std::is_same_v<T, float> && kTaps == Power(2, Table::kNdim);
+  const bool pairs_fit = g.num_pixels >= 2;  // ReadPairs's condition
+#endif
   if (!g.channels_last) {
     for (int64_t c = 0; c < g.channels; ++c) {
       const T* plane = values + c * g.num_pixels;
@@ -660,6 +701,24 @@ void InterpolateBlock(const Table& block, const T* values, T* out, int64_t first
 #ifdef JAXGRIDSAMPLE_AVX2
       for (; b + Table::kLanes <= n; b += Table::kLanes) {
         Vec<T> sum{};
+        if constexpr (kPairs) {
+          const auto offset_of = [&](int t) {
+            Index<T> offset;
+            std::memcpy(&offset, &block.offset[t][b], sizeof(offset));
+            return offset;
+          };
+          if (pairs_fit && PairsAgree<kTaps>(offset_of)) {
+            for (int t = 0; t < kTaps; t += 2) {
+              const Index<T> offset = offset_of(t);
+              Vec<T> first, second;
+              ReadPairs(plane, offset, offset >= 0, &first, &second);
+              sum += LoadVec(&block.weight[t][b]) * first;
+              sum += LoadVec(&block.weight[t + 1][b]) * second;
+            }
+            Store(row + b, sum);
+            continue;
+          }
+        }
         for (int t = 0; t < kTaps; ++t) sum += LoadVec(&block.weight[t][b]) * GatherVec(plane, &block.offset[t][b]);
         Store(row + b, sum);
       }
@@ -1032,6 +1091,9 @@ void InterpolateDirect(const T* values, const T* grid, T* out, int64_t begin, in
                        const Axis* axes) {
   constexpr int kLanes = Simd<T>::kLanes;
   constexpr int kTaps = Power(Family::kTaps, kNdim);
+  // Linear taps come in adjacent pairs along x (kAdjacentTaps).
+  constexpr bool kPairs = std::is_same_v<T, float> && std::is_same_v<Family, Linear>;
+  const bool pairs_fit = g.num_pixels >= 2;  // ReadPairs's condition
   const PixelStrides<kNdim> strides(axes);
   LaneTapsFor<T, Family, kNdim> lanes;
   for (int64_t b = begin; b < end; b += kLanes) {
@@ -1039,6 +1101,27 @@ void InterpolateDirect(const T* values, const T* grid, T* out, int64_t begin, in
     ComputeLaneTaps<T, Family, kNdim, kPad>(grid + b * kNdim, count, axes, strides, false, &lanes);
     const T* plane = values;
     T* row = out + b;
+    if constexpr (kPairs) {
+      // Each row's two taps as one pair, unless a tap is inside while its
+      // neighbour is not (a point within a pixel of an edge).
+      if (pairs_fit && PairsAgree<kTaps>([&](int t) { return lanes.offset[t]; })) {
+        for (int64_t c = 0; c < g.channels; ++c, plane += g.num_pixels, row += g.num_points) {
+          Vec<T> sum{};
+          for (int t = 0; t < kTaps; t += 2) {
+            Vec<T> first, second;
+            ReadPairs(plane, lanes.offset[t], lanes.offset[t] >= 0, &first, &second);
+            sum += lanes.weight[t] * first;
+            sum += lanes.weight[t + 1] * second;
+          }
+          if (count == kLanes) {
+            Store(row, sum);
+          } else {
+            for (int i = 0; i < count; ++i) row[i] = sum[i];
+          }
+        }
+        continue;
+      }
+    }
     for (int64_t c = 0; c < g.channels; ++c, plane += g.num_pixels, row += g.num_points) {
       Vec<T> sum{};
       for (int t = 0; t < kTaps; ++t) sum += lanes.weight[t] * GatherVec(plane, lanes.offset[t]);
@@ -1046,6 +1129,59 @@ void InterpolateDirect(const T* values, const T* grid, T* out, int64_t begin, in
         Store(row, sum);
       } else {
         for (int i = 0; i < count; ++i) row[i] = sum[i];
+      }
+    }
+  }
+}
+
+// Channels-first backward for few channels, over all points of one sample and
+// channels [c_begin, c_end): as the forward above, each kLanes points' taps
+// (and slopes) stay in registers while every channel scatter-adds its
+// gradient and, with_grid, gathers the values for the grid gradient, which it
+// writes to grid_out (num_points, kNdim), x first. The same sums in the same
+// order as BackwardBlock.
+template <typename T, typename Family, int kNdim, Padding kPad>
+void BackwardDirect(const T* values, const T* grid, const T* grad_out, T* grad_values, T* grid_out,
+                    const Geometry& g, const Axis* axes, int64_t c_begin, int64_t c_end, bool with_grid) {
+  constexpr int kLanes = Simd<T>::kLanes;
+  constexpr int kTaps = Power(Family::kTaps, kNdim);
+  const PixelStrides<kNdim> strides(axes);
+  LaneTapsFor<T, Family, kNdim> lanes;
+  alignas(32) int32_t clamped[kTaps][kLanes];
+  for (int64_t b = 0; b < g.num_points; b += kLanes) {
+    const int count = static_cast<int>(std::min<int64_t>(kLanes, g.num_points - b));
+    ComputeLaneTaps<T, Family, kNdim, kPad>(grid + b * kNdim, count, axes, strides, with_grid, &lanes);
+    Mask<T> inside[kTaps];
+    for (int t = 0; t < kTaps; ++t) {
+      const Index<T> offset = lanes.offset[t];
+      Store(clamped[t], offset & ~(offset >> 31));
+      inside[t] = __builtin_convertvector(offset >= 0, Mask<T>);
+    }
+    Vec<T> total[kNdim] = {};
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      const T* plane = values + c * g.num_pixels;
+      T* grad_plane = grad_values + c * g.num_pixels;
+      const T* row = grad_out + c * g.num_points + b;
+      const Vec<T> incoming = count == kLanes ? LoadVec(row) : LoadStrided(row, 1, count);
+      Vec<T> derivative[kNdim] = {};
+      for (int t = 0; t < kTaps; ++t) {
+        if (Family::kHasSlope && with_grid) {
+          const Vec<T> value = GatherVec(plane, lanes.offset[t]);
+          for (int s = 0; s < kNdim; ++s) derivative[s] += lanes.slope[s][t] * value;
+        }
+        // An outside tap adds +0 (ATen skips it: a NaN or inf incoming
+        // gradient must not reach the pixel its clamped offset borrows).
+        alignas(32) T update[kLanes];
+        Store(update, Select<T>(inside[t], lanes.weight[t] * incoming, Vec<T>{}));
+        for (int i = 0; i < count; ++i) grad_plane[clamped[t][i]] += update[i];
+      }
+      if (Family::kHasSlope && with_grid) {
+        for (int s = 0; s < kNdim; ++s) total[s] += derivative[s] * incoming;
+      }
+    }
+    if (Family::kHasSlope && with_grid) {
+      for (int i = 0; i < count; ++i) {
+        for (int s = 0; s < kNdim; ++s) grid_out[(b + i) * kNdim + (kNdim - 1 - s)] = total[s][i];
       }
     }
   }
@@ -1085,9 +1221,11 @@ void Forward(ffi::ThreadPool& pool, const T* values, const T* grid, T* out, cons
 // (fused: one tap computation instead of two, worth it from 8 taps on when
 // there are enough units to share out), or by units of points over all
 // channels (a second sweep, which keeps the value and gradient planes out of
-// each other's cache). Both choices depend on the shapes only, never on the
+// each other's cache). The groups depend on the shapes only, never on the
 // number of threads, and partial grid gradients are summed in group order,
-// so the results are the same on any machine.
+// so the results are the same on any machine. Few channels (channels-first)
+// skip the table: BackwardDirect keeps each lane group's taps in registers,
+// which makes fusing worth it at any tap count.
 constexpr int64_t kTargetUnits = 4;
 
 inline int64_t ChannelGroups(const Geometry& g) {
@@ -1109,7 +1247,15 @@ void Backward(ffi::ThreadPool& pool, const T* values, const T* grid, const T* gr
   const int64_t groups = ChannelGroups(g);
   const int64_t per_group = (std::max<int64_t>(1, g.channels) + groups - 1) / groups;
   const int64_t channel_units = g.num_batch * groups;
-  const bool fused = Family::kHasSlope && Block::kTaps >= 8 && channel_units >= kTargetUnits;
+#ifdef JAXGRIDSAMPLE_AVX2
+  const bool direct = !g.channels_last && g.channels <= kDirectMaxChannels;
+#else
+  const bool direct = false;
+#endif
+  // One group: fused or not, the grid gradient is the same sum in the same
+  // order, so the choice may also count threads.
+  const bool enough_units = channel_units >= kTargetUnits || (groups == 1 && channel_units >= pool.num_threads());
+  const bool fused = Family::kHasSlope && (Block::kTaps >= 8 || direct) && enough_units;
   // Fused with several groups: each group writes its part of grad_grid here first.
   std::unique_ptr<T[]> partial(fused && groups > 1 ? new T[groups * grid_size] : nullptr);
   // Not fused: units of points for the grid gradient, after the channel units.
@@ -1146,6 +1292,14 @@ void Backward(ffi::ThreadPool& pool, const T* values, const T* grid, const T* gr
       }
     }
     T* grid_out = groups == 1 ? grad_grid + n * sample_grid : partial.get() + group * grid_size + n * sample_grid;
+#ifdef JAXGRIDSAMPLE_AVX2
+    if (direct) {
+      BackwardDirect<T, Family, kNdim, kPad>(values + n * sample_values, grid + n * sample_grid,
+                                             grad_out + n * sample_out, sample_grad, grid_out, g, axes, c_begin,
+                                             c_end, fused);
+      return;
+    }
+#endif
     for (int64_t first = 0; first < g.num_points; first += Block::kPoints) {
       const int count = static_cast<int>(std::min<int64_t>(Block::kPoints, g.num_points - first));
       FillTaps<T, Family, kNdim, kPad>(block, grid + n * sample_grid, first, count, axes, fused);
