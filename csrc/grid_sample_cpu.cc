@@ -4,13 +4,15 @@
 // _linear.py, _nearest.py, _cubic.py, _kernel.py), in the operation order of
 // ATen's CPU kernels, written as the loops that XLA's CPU backend does not
 // emit for a gather or a scatter-add: each point's taps are computed once, in
-// SIMD, and shared by every channel; every channel plane is swept over a block
-// of points while it is in cache; the work is split over as many threads as
-// XLA's intra-op pool has, run by the kernel's own workers (see Workers).
+// SIMD, and shared by every channel, either kept in registers while every
+// channel is read (the direct passes, most shapes) or stored in a table that
+// each channel plane sweeps while it is in cache; the work is split over as
+// many threads as XLA's intra-op pool has, run by the kernel's own workers
+// (see Workers).
 //
 // Anatomy, as in the Python package:
-//   * SIMD helpers (GCC/Clang vector extensions; AVX2 gathers, and paired
-//     loads for the linear family's adjacent x taps, where built);
+//   * SIMD helpers (GCC/Clang vector extensions; AVX2 gathers, and runs of
+//     plain loads for adjacent x taps, linear and cubic, where built);
 //   * coordinates: unnormalise, sanitise non-finite values, pad (clip,
 //     reflect) with the padding's derivative multiplier;
 //   * one struct per interpolation family (Linear, Nearest, Cubic): the taps
