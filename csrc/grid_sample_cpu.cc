@@ -1218,6 +1218,8 @@ void BackwardDirect(const T* values, const T* grid, const T* grad_out, T* grad_v
   std::copy(axis_list, axis_list + kNdim, axes);
   constexpr int kLanes = Simd<T>::kLanes;
   constexpr int kTaps = Power(Family::kTaps, kNdim);
+  constexpr int kRun = kRunFor<T, Family::kTaps>;
+  const bool runs_fit = g.num_pixels >= kRun;  // ReadRun's condition
   const PixelStrides<kNdim> strides(axes);
   LaneTapsFor<T, Family, kNdim> lanes;
   alignas(32) int32_t clamped[kTaps][kLanes];
@@ -1235,6 +1237,14 @@ void BackwardDirect(const T* values, const T* grid, const T* grad_out, T* grad_v
       Store(clamped[t], offset & ~(offset >> 31));
       inside[t] = __builtin_convertvector(offset >= 0, Mask<T>);
     }
+    // The grid gradient reads each row's x taps as one run where it can (as
+    // the forward does): the gathers were most of the 1-channel backward.
+    constexpr int kStep = kRun > 0 ? kRun : 1;
+    bool runs = false;
+    if constexpr (kRun > 0) {
+      runs = Family::kHasSlope && with_grid && runs_fit &&
+             RunsAgree<kRun, kTaps>([&](int t) { return lanes.offset[t]; });
+    }
     Vec<T> total[kNdim] = {};
     for (int64_t c = c_begin; c < c_end; ++c) {
       const T* plane = values + c * g.num_pixels;
@@ -1242,16 +1252,30 @@ void BackwardDirect(const T* values, const T* grid, const T* grad_out, T* grad_v
       const T* row = grad_out + c * g.num_points + b;
       const Vec<T> incoming = count == kLanes ? LoadVec(row) : LoadStrided(row, 1, count);
       Vec<T> derivative[kNdim] = {};
-      for (int t = 0; t < kTaps; ++t) {
+      for (int t0 = 0; t0 < kTaps; t0 += kStep) {
+        Vec<T> value[kStep];
         if (Family::kHasSlope && with_grid) {
-          const Vec<T> value = GatherVec(plane, lanes.offset[t]);
-          for (int s = 0; s < kNdim; ++s) derivative[s] += lanes.slope[s][t] * value;
+          if constexpr (kRun > 0) {
+            if (runs) {
+              ReadRun<kRun>(plane, lanes.offset[t0], lanes.offset[t0] >= 0, value);
+            } else {
+              for (int k = 0; k < kStep; ++k) value[k] = GatherVec(plane, lanes.offset[t0 + k]);
+            }
+          } else {
+            value[0] = GatherVec(plane, lanes.offset[t0]);
+          }
         }
-        // An outside tap adds +0 (ATen skips it: a NaN or inf incoming
-        // gradient must not reach the pixel its clamped offset borrows).
-        alignas(32) T update[kLanes];
-        Store(update, Select<T>(inside[t], lanes.weight[t] * incoming, Vec<T>{}));
-        for (int i = 0; i < count; ++i) grad_plane[clamped[t][i]] += update[i];
+        for (int k = 0; k < kStep; ++k) {
+          const int t = t0 + k;
+          if (Family::kHasSlope && with_grid) {
+            for (int s = 0; s < kNdim; ++s) derivative[s] += lanes.slope[s][t] * value[k];
+          }
+          // An outside tap adds +0 (ATen skips it: a NaN or inf incoming
+          // gradient must not reach the pixel its clamped offset borrows).
+          alignas(32) T update[kLanes];
+          Store(update, Select<T>(inside[t], lanes.weight[t] * incoming, Vec<T>{}));
+          for (int i = 0; i < count; ++i) grad_plane[clamped[t][i]] += update[i];
+        }
       }
       if (Family::kHasSlope && with_grid) {
         for (int s = 0; s < kNdim; ++s) total[s] += derivative[s] * incoming;
