@@ -1256,13 +1256,10 @@ void BackwardDirect(const T* values, const T* grid, const T* grad_out, T* grad_v
         Vec<T> value[kStep];
         if (Family::kHasSlope && with_grid) {
           if constexpr (kRun > 0) {
-            if (runs) {
-              ReadRun<kRun>(plane, lanes.offset[t0], lanes.offset[t0] >= 0, value);
-            } else {
-              for (int k = 0; k < kStep; ++k) value[k] = GatherVec(plane, lanes.offset[t0 + k]);
-            }
-          } else {
-            value[0] = GatherVec(plane, lanes.offset[t0]);
+            if (runs) ReadRun<kRun>(plane, lanes.offset[t0], lanes.offset[t0] >= 0, value);
+          }
+          if (!runs) {  // always so without runs (kRun == 0)
+            for (int k = 0; k < kStep; ++k) value[k] = GatherVec(plane, lanes.offset[t0 + k]);
           }
         }
         for (int k = 0; k < kStep; ++k) {
