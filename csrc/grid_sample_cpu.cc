@@ -107,14 +107,32 @@ inline Vec<T> Abs(Vec<T> x) {
   return reinterpret_cast<Vec<T>>(reinterpret_cast<Mask<T>>(x) & std::numeric_limits<typename Simd<T>::Lane>::max());
 }
 
+// Min and Max keep a where the comparison fails (a NaN). vminps(b, a) and
+// vmaxps(b, a) are exactly that; the compiler did not always see it.
 template <typename T>
 inline Vec<T> Min(Vec<T> a, Vec<T> b) {
+#ifdef JAXGRIDSAMPLE_AVX2
+  if constexpr (sizeof(T) == 4) {
+    return reinterpret_cast<Vec<T>>(_mm256_min_ps(reinterpret_cast<__m256>(b), reinterpret_cast<__m256>(a)));
+  } else {
+    return reinterpret_cast<Vec<T>>(_mm256_min_pd(reinterpret_cast<__m256d>(b), reinterpret_cast<__m256d>(a)));
+  }
+#else
   return Select<T>(b < a, b, a);
+#endif
 }
 
 template <typename T>
 inline Vec<T> Max(Vec<T> a, Vec<T> b) {
+#ifdef JAXGRIDSAMPLE_AVX2
+  if constexpr (sizeof(T) == 4) {
+    return reinterpret_cast<Vec<T>>(_mm256_max_ps(reinterpret_cast<__m256>(b), reinterpret_cast<__m256>(a)));
+  } else {
+    return reinterpret_cast<Vec<T>>(_mm256_max_pd(reinterpret_cast<__m256d>(b), reinterpret_cast<__m256d>(a)));
+  }
+#else
   return Select<T>(b > a, b, a);
+#endif
 }
 
 #ifdef JAXGRIDSAMPLE_AVX2
@@ -272,23 +290,24 @@ inline Vec<T> Unnormalize(Vec<T> g, T size, bool align_corners) {
 
 // Our contract for non-finite coordinates (SPEC section 9): outside under
 // zeros padding; pixel 0 for NaN and -inf, the last pixel for +inf otherwise.
-// *finite is where p was finite (the gradient is zero elsewhere).
+// *finite is where p was finite (the gradient is zero elsewhere). Under zeros
+// padding p stays as it is: a non-finite coordinate's taps fail every inside
+// test (NaN compares false), so their weights, slopes and offsets are masked
+// out as for any other point outside.
 template <typename T, Padding kPad>
 inline Vec<T> Sanitize(Vec<T> p, T size, Mask<T>* finite) {
   *finite = Abs<T>(p) <= std::numeric_limits<T>::max();  // false for NaN
-  // -16: far enough outside for every tap of every family.
-  const Vec<T> replacement =
-      kPad == Padding::kZeros ? Broadcast<T>(-16) : Select<T>(p > T(0), Broadcast<T>(size - T(1)), Vec<T>{});
-  return Select<T>(*finite, p, replacement);
+  if (kPad == Padding::kZeros) return p;
+  return Select<T>(*finite, p, Select<T>(p > T(0), Broadcast<T>(size - T(1)), Vec<T>{}));
 }
 
-// Clamps to [0, size - 1]; the multiplier is 0 on and beyond the bounds (ATen's
-// clip_coordinates_set_grad).
+// Clamps to [0, size - 1], NaN to 0; the multiplier is 0 on and beyond the
+// bounds and for NaN (ATen's clip_coordinates_set_grad).
 template <typename T>
 inline Vec<T> Clip(Vec<T> p, T size, Vec<T>* multiplier) {
   const T upper = size - T(1);
   *multiplier = Select<T>((p > T(0)) & (p < upper), Broadcast<T>(1), Vec<T>{});
-  return Min<T>(Max<T>(p, Vec<T>{}), Broadcast<T>(upper));
+  return Min<T>(Broadcast<T>(upper), Max<T>(Vec<T>{}, p));  // Max keeps 0 where p is NaN
 }
 
 // Reflects into [0, S - 1] (align_corners) or [-0.5, S - 0.5].
@@ -344,8 +363,13 @@ inline Vec<T> Pad(Vec<T> p, T size, bool align_corners, Vec<T>* multiplier) {
 template <typename T, Padding kPad, int kRank>
 inline Vec<T> PaddedCoordinate(Vec<T> g, const Axis& axis, Mask<T>* finite, Vec<T>* multiplier) {
   const T size = T(axis.size);
-  const Vec<T> p = Sanitize<T, kPad>(Unnormalize<T, kRank>(g, size, axis.align_corners), size, finite);
-  return Pad<T, kPad, kRank>(p, size, axis.align_corners, multiplier);
+  const Vec<T> p = Unnormalize<T, kRank>(g, size, axis.align_corners);
+  if (kPad == Padding::kBorder) {
+    // Clip sends NaN and -inf to 0 and +inf to size - 1 by itself.
+    *finite = Abs<T>(p) <= std::numeric_limits<T>::max();
+    return Clip<T>(p, size, multiplier);
+  }
+  return Pad<T, kPad, kRank>(Sanitize<T, kPad>(p, size, finite), size, axis.align_corners, multiplier);
 }
 
 // ---------------------------------------------------------------------------
@@ -486,8 +510,13 @@ using TableFor = TapTable<T, Power(Family::kTaps, kNdim), kNdim>;
 template <typename T, int kTapCount, int kRank>
 struct LaneTaps {
   Index<T> offset[kTapCount];  // flat pixel index, -1 where the tap lies outside
+  Index<T> inside[kTapCount];  // -1 where the tap lies inside, else 0
+  Index<T> read[kTapCount];    // flat pixel index, 0 where the tap lies outside
   Vec<T> weight[kTapCount];    // 0 where outside
   Vec<T> slope[kRank][kTapCount];  // d weight / d grid value per spatial axis; 0 where outside
+  // Families with adjacent taps: the lanes whose x taps lie partly inside,
+  // partly outside (where a run of them cannot be read as one).
+  Mask<T> split_x;
 };
 
 template <typename T, typename Family, int kNdim>
@@ -533,9 +562,24 @@ __attribute__((always_inline)) inline void ComputeLaneTaps(const T* points, int 
     const T upper = T(axes[a].size - 1);
     for (int k = 0; k < kTapsPerAxis; ++k) {
       const Vec<T> position = taps[a].position[k];
-      // Compared as floating point: a huge coordinate never overflows.
-      inside[a][k] = (position >= T(0)) & (position <= upper);
-      if (!kAdjacent || k == 0) {
+      // Border and reflection padding leave every tap inside but an
+      // adjacent one past tap 0 (linear: pixel size - 1 plus one). Otherwise
+      // compared as floating point, where a huge coordinate never overflows;
+      // adjacent taps compare tap 0 with shifted bounds (the same answer for
+      // every value, NaN and infinities included; no additions).
+      const bool padded_inside = kPad != Padding::kZeros && (!kAdjacent || k == 0);
+      if (padded_inside) {
+        inside[a][k] = Mask<T>{} - 1;
+      } else if (kAdjacent) {
+        const Vec<T> first = taps[a].position[0];
+        inside[a][k] = kPad != Padding::kZeros ? first <= upper - T(k)
+                                                : (first >= T(-k)) & (first <= upper - T(k));
+      } else {
+        inside[a][k] = (position >= T(0)) & (position <= upper);
+      }
+      if (padded_inside) {
+        index[a][k] = __builtin_convertvector(position, Index<T>);  // within [0, size - 1]
+      } else if (!kAdjacent || k == 0) {
         // Clamped (adjacent taps: to a few pixels beyond the edges, enough to
         // keep the tap sums below in range) before the integer conversion.
         const T low = kAdjacent ? T(-kTapsPerAxis) : T(0);
@@ -550,6 +594,8 @@ __attribute__((always_inline)) inline void ComputeLaneTaps(const T* points, int 
   Index<T> first_flat{};
   if (kAdjacent) {
     for (int a = 0; a < kNdim; ++a) first_flat += index[a][0] * strides.stride[a];
+    out->split_x = Mask<T>{};
+    for (int k = 1; k < kTapsPerAxis; ++k) out->split_x |= inside[kNdim - 1][k] ^ inside[kNdim - 1][0];
   }
   for (int t = 0; t < kTaps; ++t) {
     int digit[kNdim];
@@ -569,7 +615,9 @@ __attribute__((always_inline)) inline void ComputeLaneTaps(const T* points, int 
       flat = index[0][digit[0]] * strides.stride[0];
       for (int a = 1; a < kNdim; ++a) flat += index[a][digit[a]] * strides.stride[a];
     }
-    out->offset[t] = __builtin_convertvector(ok, Index<T>) ? flat : Index<T>{} - 1;
+    out->inside[t] = __builtin_convertvector(ok, Index<T>);
+    out->offset[t] = out->inside[t] ? flat : Index<T>{} - 1;
+    out->read[t] = flat & out->inside[t];
     out->weight[t] = Select<T>(ok, w, Vec<T>{});
     if (Family::kHasSlope && kSlopes) {
       for (int s = 0; s < kNdim; ++s) {
@@ -627,6 +675,22 @@ inline __m256d Gather(const double* plane, __m128i index) {
 template <typename T>
 inline Vec<T> GatherVec(const T* plane, Index<T> offset);
 
+// The values at kLanes offsets that all lie inside: an unmasked gather.
+template <typename T>
+inline Vec<T> GatherInside(const T* plane, Index<T> offset) {
+  if constexpr (sizeof(T) == 4) {
+    return reinterpret_cast<Vec<T>>(_mm256_i32gather_ps(plane, reinterpret_cast<__m256i>(offset), 4));
+  } else {
+    return reinterpret_cast<Vec<T>>(_mm256_i32gather_pd(plane, reinterpret_cast<__m128i>(offset), 8));
+  }
+}
+
+// Whether every tap lies inside: border and reflection padding, for families
+// whose taps are padded one by one (nearest's only tap, cubic's four).
+template <typename Family, Padding kPad>
+constexpr bool kEveryTapInside =
+    kPad != Padding::kZeros && (Family::kTaps == 1 || !Family::template kAdjacentTaps<kPad>);
+
 template <typename T>
 inline Vec<T> GatherVec(const T* plane, const int32_t* offset) {
   Index<T> index;
@@ -650,22 +714,25 @@ inline Vec<T> GatherVec(const T* plane, Index<T> offset) {
 // The kRun taps from 8 offsets o: values[k] holds plane[o + k] for the 8
 // points, 0 where inside is 0.
 template <int kRun>
-inline void ReadRun(const float* plane, Index<float> offset, Index<float> inside, Vec<float>* values) {
+inline void ReadRun(const float* plane, Index<float> read, Index<float> inside, Vec<float>* values) {
   static_assert(kRun == 2 || kRun == 4);
-  alignas(32) int32_t at[8];
-  Store(at, offset & inside);
+  // Unsigned (the masked offsets are never negative): an offset then takes
+  // one extract, zero-extended for free, instead of extract, sign-extend and
+  // shift.
+  typedef uint32_t Unsigned __attribute__((vector_size(32)));
+  const Unsigned at = reinterpret_cast<Unsigned>(read);
   __m256 v[kRun];
   if constexpr (kRun == 2) {
     auto two = [&](int i) {  // the pairs at at[i] and at[i + 1]
       const __m128 low = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(plane + at[i])));
       return _mm_loadh_pi(low, reinterpret_cast<const __m64*>(plane + at[i + 1]));
     };
-    const __m256 low = _mm256_set_m128(two(2), two(0));   // a0 b0 a1 b1 | a2 b2 a3 b3
-    const __m256 high = _mm256_set_m128(two(6), two(4));  // a4 b4 a5 b5 | a6 b6 a7 b7
-    const __m256 a = _mm256_shuffle_ps(low, high, _MM_SHUFFLE(2, 0, 2, 0));  // a0 a1 a4 a5 | a2 a3 a6 a7
-    const __m256 b = _mm256_shuffle_ps(low, high, _MM_SHUFFLE(3, 1, 3, 1));
-    v[0] = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(a), 0xD8));
-    v[1] = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(b), 0xD8));
+    // Points 0, 1, 4, 5 and 2, 3, 6, 7, so that one shuffle per tap leaves
+    // the taps in point order.
+    const __m256 low = _mm256_set_m128(two(4), two(0));   // a0 b0 a1 b1 | a4 b4 a5 b5
+    const __m256 high = _mm256_set_m128(two(6), two(2));  // a2 b2 a3 b3 | a6 b6 a7 b7
+    v[0] = _mm256_shuffle_ps(low, high, _MM_SHUFFLE(2, 0, 2, 0));  // a0 a1 a2 a3 | a4 a5 a6 a7
+    v[1] = _mm256_shuffle_ps(low, high, _MM_SHUFFLE(3, 1, 3, 1));
   } else {
     __m256 r[4];  // r[i]: the run of point i | the run of point i + 4
     for (int i = 0; i < 4; ++i) r[i] = _mm256_set_m128(_mm_loadu_ps(plane + at[i + 4]), _mm_loadu_ps(plane + at[i]));
@@ -700,6 +767,19 @@ inline bool RunsAgree(const OffsetOf& offset_of) {
   }
   const __m256i bits = reinterpret_cast<__m256i>(bad);
   return _mm256_testz_si256(bits, bits);
+}
+
+// RunsAgree for taps in registers. With adjacent taps a run disagrees only
+// where its x taps lie partly inside: a test of one mask instead of every
+// offset (a tenth of the 1-channel forward's instructions).
+template <typename T, typename Family, Padding kPad, int kRun, int kTaps, typename Lanes>
+inline bool LaneRunsAgree(const Lanes& lanes) {
+  if constexpr (Family::template kAdjacentTaps<kPad>) {
+    const __m256i bits = reinterpret_cast<__m256i>(lanes.split_x);
+    return _mm256_testz_si256(bits, bits);
+  } else {
+    return RunsAgree<kRun, kTaps>([&](int t) { return lanes.offset[t]; });
+  }
 }
 
 // The x-run length ReadRun serves for a family of kTapsPerAxis taps per axis
@@ -754,7 +834,8 @@ void InterpolateBlock(const Table& block, const T* values, T* out, int64_t first
             for (int t = 0; t < kTaps; t += kRun) {
               const Index<T> offset = offset_of(t);
               Vec<T> tap[kRun];
-              ReadRun<kRun>(plane, offset, offset >= 0, tap);
+              const Index<T> inside = offset >= 0;
+              ReadRun<kRun>(plane, offset & inside, inside, tap);
               for (int k = 0; k < kRun; ++k) sum += LoadVec(&block.weight[t + k][b]) * tap[k];
             }
             Store(row + b, sum);
@@ -1171,12 +1252,12 @@ void InterpolateDirect(const T* values, const T* grid, T* out, int64_t begin, in
     T* row = out + b;
     if constexpr (kRun > 0) {
       // Each row's x taps as one run, unless some lie inside and some not.
-      if (runs_fit && RunsAgree<kRun, kTaps>([&](int t) { return lanes.offset[t]; })) {
+      if (runs_fit && LaneRunsAgree<T, Family, kPad, kRun, kTaps>(lanes)) {
         for (int64_t c = 0; c < g.channels; ++c, plane += g.num_pixels, row += g.num_points) {
           Vec<T> sum{};
           for (int t = 0; t < kTaps; t += kRun) {
             Vec<T> tap[kRun];
-            ReadRun<kRun>(plane, lanes.offset[t], lanes.offset[t] >= 0, tap);
+            ReadRun<kRun>(plane, lanes.read[t], lanes.inside[t], tap);
             for (int k = 0; k < kRun; ++k) sum += lanes.weight[t + k] * tap[k];
           }
           if (count == kLanes) {
@@ -1192,9 +1273,13 @@ void InterpolateDirect(const T* values, const T* grid, T* out, int64_t begin, in
       Vec<T> sum{};
       if constexpr (kTaps == 1) {
         // Nearest: the weight is 1 inside, and the gather reads 0 outside.
-        sum = GatherVec(plane, lanes.offset[0]);
+        sum = kEveryTapInside<Family, kPad> ? GatherInside(plane, lanes.offset[0]) : GatherVec(plane, lanes.offset[0]);
       } else {
-        for (int t = 0; t < kTaps; ++t) sum += lanes.weight[t] * GatherVec(plane, lanes.offset[t]);
+        for (int t = 0; t < kTaps; ++t) {
+          const Vec<T> value =
+              kEveryTapInside<Family, kPad> ? GatherInside(plane, lanes.offset[t]) : GatherVec(plane, lanes.offset[t]);
+          sum += lanes.weight[t] * value;
+        }
       }
       if (count == kLanes) {
         Store(row, sum);
@@ -1243,7 +1328,7 @@ void BackwardDirect(const T* values, const T* grid, const T* grad_out, T* grad_v
     bool runs = false;
     if constexpr (kRun > 0) {
       runs = Family::kHasSlope && with_grid && runs_fit &&
-             RunsAgree<kRun, kTaps>([&](int t) { return lanes.offset[t]; });
+             LaneRunsAgree<T, Family, kPad, kRun, kTaps>(lanes);
     }
     Vec<T> total[kNdim] = {};
     for (int64_t c = c_begin; c < c_end; ++c) {
@@ -1256,7 +1341,7 @@ void BackwardDirect(const T* values, const T* grid, const T* grad_out, T* grad_v
         Vec<T> value[kStep];
         if (Family::kHasSlope && with_grid) {
           if constexpr (kRun > 0) {
-            if (runs) ReadRun<kRun>(plane, lanes.offset[t0], lanes.offset[t0] >= 0, value);
+            if (runs) ReadRun<kRun>(plane, lanes.read[t0], lanes.inside[t0], value);
           }
           if (!runs) {  // always so without runs (kRun == 0)
             for (int k = 0; k < kStep; ++k) value[k] = GatherVec(plane, lanes.offset[t0 + k]);
