@@ -294,9 +294,14 @@ inline Vec<T> Unnormalize(Vec<T> g, T size, bool align_corners) {
 // padding p stays as it is: a non-finite coordinate's taps fail every inside
 // test (NaN compares false), so their weights, slopes and offsets are masked
 // out as for any other point outside.
+template <typename T>
+inline Mask<T> IsFinite(Vec<T> p) {
+  return Abs<T>(p) <= std::numeric_limits<T>::max();  // false for NaN
+}
+
 template <typename T, Padding kPad>
 inline Vec<T> Sanitize(Vec<T> p, T size, Mask<T>* finite) {
-  *finite = Abs<T>(p) <= std::numeric_limits<T>::max();  // false for NaN
+  *finite = IsFinite<T>(p);
   if (kPad == Padding::kZeros) return p;
   return Select<T>(*finite, p, Select<T>(p > T(0), Broadcast<T>(size - T(1)), Vec<T>{}));
 }
@@ -366,7 +371,7 @@ inline Vec<T> PaddedCoordinate(Vec<T> g, const Axis& axis, Mask<T>* finite, Vec<
   const Vec<T> p = Unnormalize<T, kRank>(g, size, axis.align_corners);
   if (kPad == Padding::kBorder) {
     // Clip sends NaN and -inf to 0 and +inf to size - 1 by itself.
-    *finite = Abs<T>(p) <= std::numeric_limits<T>::max();
+    *finite = IsFinite<T>(p);
     return Clip<T>(p, size, multiplier);
   }
   return Pad<T, kPad, kRank>(Sanitize<T, kPad>(p, size, finite), size, axis.align_corners, multiplier);
@@ -469,6 +474,15 @@ struct Cubic {
   }
 };
 
+// Whether padding keeps tap k of an axis inside, whatever the coordinate:
+// border and reflection pad every tap that is padded on its own (nearest's
+// only tap, cubic's four, linear's first); linear's second tap lies past the
+// last pixel when the first is on it.
+template <typename Family, Padding kPad>
+constexpr bool PaddingKeepsInside(int k) {
+  return kPad != Padding::kZeros && (k == 0 || !Family::template kAdjacentTaps<kPad>);
+}
+
 constexpr int Power(int base, int exponent) { return exponent == 0 ? 1 : base * Power(base, exponent - 1); }
 
 // ---------------------------------------------------------------------------
@@ -562,12 +576,11 @@ __attribute__((always_inline)) inline void ComputeLaneTaps(const T* points, int 
     const T upper = T(axes[a].size - 1);
     for (int k = 0; k < kTapsPerAxis; ++k) {
       const Vec<T> position = taps[a].position[k];
-      // Border and reflection padding leave every tap inside but an
-      // adjacent one past tap 0 (linear: pixel size - 1 plus one). Otherwise
-      // compared as floating point, where a huge coordinate never overflows;
-      // adjacent taps compare tap 0 with shifted bounds (the same answer for
-      // every value, NaN and infinities included; no additions).
-      const bool padded_inside = kPad != Padding::kZeros && (!kAdjacent || k == 0);
+      // Taps that padding keeps inside need no test. Otherwise compared as
+      // floating point, where a huge coordinate never overflows; adjacent
+      // taps compare tap 0 with shifted bounds (the same answer for every
+      // value, NaN and infinities included; no additions).
+      const bool padded_inside = PaddingKeepsInside<Family, kPad>(k);
       if (padded_inside) {
         inside[a][k] = Mask<T>{} - 1;
       } else if (kAdjacent) {
@@ -685,11 +698,9 @@ inline Vec<T> GatherInside(const T* plane, Index<T> offset) {
   }
 }
 
-// Whether every tap lies inside: border and reflection padding, for families
-// whose taps are padded one by one (nearest's only tap, cubic's four).
+// Whether padding keeps every tap inside (nearest, cubic; not linear).
 template <typename Family, Padding kPad>
-constexpr bool kEveryTapInside =
-    kPad != Padding::kZeros && (Family::kTaps == 1 || !Family::template kAdjacentTaps<kPad>);
+constexpr bool kEveryTapInside = PaddingKeepsInside<Family, kPad>(Family::kTaps - 1);
 
 template <typename T>
 inline Vec<T> GatherVec(const T* plane, const int32_t* offset) {
@@ -1213,8 +1224,8 @@ inline int64_t PointsPerUnit(const Geometry& g, int64_t threads, int block_point
 // grid-gradient sweep, which keeps one plane in cache, wins (NeRF triplane,
 // 32 x 256^2 per sample: 1.3x slower direct). Bilinear forward+backward,
 // direct against the table (alternating runs, while the machine was busy;
-// medians of three): 64 x 16 x 32^2 0.78x, 2 x 8 x
-// 64^2 -> 256^2 0.72x, 4 x 8 x 96^2 0.65x, 4 x 16 x 128^2 0.82x.
+// medians of three): 64 x 16 x 32^2 0.78x, 2 x 8 x 64^2 -> 256^2 0.72x,
+// 4 x 8 x 96^2 0.65x, 4 x 16 x 128^2 0.82x.
 constexpr int64_t kDirectMaxChannels = 4;
 constexpr int64_t kDirectBackwardMaxSampleBytes = int64_t{1} << 20;
 
