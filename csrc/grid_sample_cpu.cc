@@ -35,11 +35,15 @@
 #include <pthread.h>
 #ifdef __linux__
 #include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cerrno>
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
@@ -1019,14 +1023,29 @@ void GradGridBlock(const Table& block, const T* values, const T* grad_out, T* gr
 // Work split over XLA's intra-op thread pool.
 // ---------------------------------------------------------------------------
 
-// Helper threads of our own, not XLA's pool: a pool thread woken for each
-// call was often placed on the caller's core (the other one idle), so one
-// core did all the work, and after an idle moment that was the common case
-// (twice the time of a warm call). Our workers stay awake, spinning politely
-// (yielding the core to anything runnable), for kSpinMicroseconds after
-// their last unit, as OpenMP's do in PyTorch, so back-to-back calls find
-// them running; then they block until the next call.
-constexpr int64_t kSpinMicroseconds = 2000;
+// Helper threads of our own, not XLA's pool, which sleep between calls.
+// Three things about how Linux schedules them decide whether they help:
+//
+//   * A woken thread may be placed on the waker's core, beside the caller,
+//     with the other core idle (the scheduler took milliseconds to spread
+//     them). A worker that finds itself there moves off (AvoidCpu).
+//   * Another library's threads may be spinning on the other core: OpenMP
+//     runtimes (PyTorch's among them) spin for milliseconds after each
+//     parallel region. A woken worker with the default time slice waited
+//     behind such a spinner until the spinner's slice ended, longer than a
+//     whole call, and the caller did all the work alone. Workers ask for the
+//     shortest slice the kernel grants (RequestShortTimeSlice), which lets a
+//     waking worker preempt a thread that has run a full slice. (2 cores,
+//     4 x 1 x 128^2 reflection right after a PyTorch call: the worker took
+//     none of the 8 units before, 189 us, one core's time; 4 of 8 with the
+//     short slice, about 115 us.)
+//   * So workers do not spin between calls: a spinner that yields the core
+//     is charged a full slice each time it yields, and then loses the core to
+//     any other runnable thread when a call comes; one that does not yield
+//     takes the core from the other library's threads.
+//
+// Calls too small to gain from a second thread (the wake-up costs several
+// microseconds) run on the caller alone (kMinParallelWork).
 
 inline void CpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -1043,9 +1062,7 @@ inline int CurrentCpu() {
 }
 
 // While it lives, keeps the calling thread off ``cpu`` if it is running there
-// (and may run elsewhere). A sleeping worker woken by a call was sometimes
-// placed on the caller's core, beside it, with the other core idle: the
-// scheduler took milliseconds to spread them. Moving off costs two syscalls.
+// (and may run elsewhere). Moving off costs two syscalls.
 class AvoidCpu {
  public:
   explicit AvoidCpu(int cpu) {
@@ -1072,6 +1089,36 @@ class AvoidCpu {
 #endif
   bool moved_ = false;
 };
+
+// Asks Linux (6.12 and newer, EEVDF) for a 0.1 ms time slice for the calling
+// thread, keeping its policy and nice value. A thread with a shorter slice
+// than the running one may preempt it when it wakes. Older kernels ignore
+// the request; any failure leaves the default.
+inline void RequestShortTimeSlice() {
+#if defined(__linux__) && defined(SYS_sched_setattr)
+  if (sched_getscheduler(0) != SCHED_OTHER) return;
+  errno = 0;
+  const int nice = getpriority(PRIO_PROCESS, 0);  // this thread's, on Linux
+  if (errno != 0) return;
+  struct {  // struct sched_attr of <linux/sched/types.h>, version 1
+    uint32_t size, policy;
+    uint64_t flags;
+    int32_t nice;
+    uint32_t priority;
+    uint64_t runtime, deadline, period;
+    uint32_t util_min, util_max;
+  } attr = {};
+  attr.size = sizeof(attr);
+  attr.policy = SCHED_OTHER;
+  attr.nice = nice;
+  attr.runtime = 100'000;  // nanoseconds: the smallest slice Linux accepts
+  syscall(SYS_sched_setattr, 0, &attr, 0);
+#endif
+}
+
+// Below this much work (points times taps and channels, see WorkOf) a call
+// runs on the caller alone: about 30 microseconds on one core.
+constexpr int64_t kMinParallelWork = int64_t{1} << 17;
 
 class Workers {
  public:
@@ -1105,11 +1152,11 @@ class Workers {
     Job job{&Job::Call<Fn>, &fn, num_units, std::min<int64_t>(helpers, static_cast<int64_t>(threads_.size())),
             CurrentCpu()};
     job_.store(&job);
-    generation_.fetch_add(1);
-    if (sleeping_.load() > 0) {
+    {
       std::lock_guard<std::mutex> lock(sleep_mutex_);
-      wake_.notify_all();
+      generation_.fetch_add(1);
     }
+    wake_.notify_all();
     job.Work();
     // Workers that load the job after this see none; those that joined are
     // counted, and the caller waits for their last units.
@@ -1150,9 +1197,17 @@ class Workers {
   }
 
   void Loop(int index) {
+#ifdef __linux__
+    pthread_setname_np(pthread_self(), "jaxgridsample");
+#endif
+    RequestShortTimeSlice();
     uint64_t seen = generation_.load();
     for (;;) {
-      WaitForGeneration(&seen);
+      {
+        std::unique_lock<std::mutex> lock(sleep_mutex_);
+        wake_.wait(lock, [&] { return generation_.load() != seen; });
+        seen = generation_.load();
+      }
       joined_.fetch_add(1);
       if (Job* job = job_.load(); job != nullptr && index < job->helpers) {
         AvoidCpu avoid(job->caller_cpu);
@@ -1162,30 +1217,13 @@ class Workers {
     }
   }
 
-  // Returns once the generation differs from *seen, and updates *seen.
-  void WaitForGeneration(uint64_t* seen) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicroseconds);
-    for (int spin = 0; generation_.load() == *seen; ++spin) {
-      CpuRelax();
-      if (spin % 64 != 63) continue;
-      std::this_thread::yield();
-      if (std::chrono::steady_clock::now() < deadline) continue;
-      std::unique_lock<std::mutex> lock(sleep_mutex_);
-      sleeping_.fetch_add(1);
-      wake_.wait(lock, [&] { return generation_.load() != *seen; });
-      sleeping_.fetch_sub(1);
-    }
-    *seen = generation_.load();
-  }
-
   static inline std::atomic<Workers*> instance_{nullptr};
   std::mutex submit_;          // held by the one call using the workers
   std::vector<int> threads_;   // indices of the started workers
   std::atomic<Job*> job_{nullptr};
   std::atomic<uint64_t> generation_{0};  // one more per job
   std::atomic<int> joined_{0};           // workers inside a job
-  std::atomic<int> sleeping_{0};
-  std::mutex sleep_mutex_;
+  std::mutex sleep_mutex_;               // guards the generation's changes, for wake_
   std::condition_variable wake_;
 };
 
@@ -1198,10 +1236,17 @@ Table& ThreadTable() {
   return *table;
 }
 
-// Runs fn(unit) for unit in [0, num_units) on as many threads as XLA's pool has.
+// A call's work in the units of kMinParallelWork: a few per point, and one per
+// tap and channel.
+inline int64_t WorkOf(const Geometry& g, int taps) {
+  return g.num_batch * g.num_points * (4 + taps * std::max<int64_t>(1, g.channels));
+}
+
+// Runs fn(unit) for unit in [0, num_units): on as many threads as XLA's pool
+// has, or on the caller alone if ``work`` is too little to share.
 template <typename Fn>
-void ParallelFor(ffi::ThreadPool& pool, int64_t num_units, const Fn& fn) {
-  Workers::Get().Run(pool.num_threads(), num_units, fn);
+void ParallelFor(ffi::ThreadPool& pool, int64_t num_units, int64_t work, const Fn& fn) {
+  Workers::Get().Run(work < kMinParallelWork ? 1 : pool.num_threads(), num_units, fn);
 }
 
 // Points per unit of work: whole blocks, about four units per thread.
@@ -1398,7 +1443,7 @@ void Forward(ffi::ThreadPool& pool, const T* values, const T* grid, T* out, cons
   const int64_t units_per_sample = (g.num_points + per_unit - 1) / per_unit;
   const int64_t sample_values = g.channels * g.num_pixels;
   const int64_t sample_out = g.channels * g.num_points;
-  ParallelFor(pool, g.num_batch * units_per_sample, [&](int64_t unit) {
+  ParallelFor(pool, g.num_batch * units_per_sample, WorkOf(g, Block::kTaps), [&](int64_t unit) {
     const int64_t n = unit / units_per_sample;
     const int64_t begin = (unit % units_per_sample) * per_unit;
     const int64_t end = std::min(g.num_points, begin + per_unit);
@@ -1466,7 +1511,7 @@ void Backward(ffi::ThreadPool& pool, const T* values, const T* grid, const T* gr
   const int64_t units_per_sample = (g.num_points + per_unit - 1) / per_unit;
   const int64_t grid_units = Family::kHasSlope && !fused ? g.num_batch * units_per_sample : 0;
 
-  ParallelFor(pool, channel_units + grid_units, [&](int64_t unit) {
+  ParallelFor(pool, channel_units + grid_units, WorkOf(g, Block::kTaps), [&](int64_t unit) {
     Block* block = &ThreadTable<Block>();
     alignas(32) T total[kNdim][Block::kPoints];
     if (unit >= channel_units) {
@@ -1523,7 +1568,7 @@ void Backward(ffi::ThreadPool& pool, const T* values, const T* grid, const T* gr
     std::fill(grad_grid, grad_grid + grid_size, T(0));
   } else if (partial) {
     const int64_t chunk = 1 << 14;
-    ParallelFor(pool, (grid_size + chunk - 1) / chunk, [&](int64_t unit) {
+    ParallelFor(pool, (grid_size + chunk - 1) / chunk, grid_size * groups, [&](int64_t unit) {
       const int64_t end = std::min(grid_size, (unit + 1) * chunk);
       for (int64_t i = unit * chunk; i < end; ++i) {
         T sum = partial[i];
