@@ -21,7 +21,9 @@ within each repetition, six competitors:
 Results are printed as Markdown and written to ``results.md``,
 ``results.json`` and ``scaling.png`` next to this script (``results_quick.*``
 and ``scaling_quick.png`` with ``--quick``, so a CI smoke run never overwrites
-a full run; ``results_extra.*`` with ``--extra``, eight other common shapes).
+a full run; ``results_extra.*`` with ``--extra``, eight other common shapes;
+a ``_single`` suffix with ``--single``, one timed call per competitor with no
+pause, as a quick side-by-side script would time them).
 See ``benchmarks/README.md`` for the meaning of every column.
 """
 
@@ -223,8 +225,8 @@ def environment(num_threads: int) -> dict:
       "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
       "torch_num_threads": num_threads,
       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-      "block_calls": BLOCK_CALLS,
-      "pause_s": PAUSE_S,
+      "block_calls": PATTERN["block_calls"],
+      "pause_s": PATTERN["pause_s"],
       "jaxgridsample": library_version(),
       "baseline_layout_arg": _FORWARD_HAS_LAYOUT,
       "jgs_implementation": _default_implementation(),
@@ -354,13 +356,12 @@ def build_competitors(input_shape, out_spatial, mode, padding_mode, align_corner
   return callables, compile_s, memory, checks
 
 
-# Both libraries' worker threads busy-wait for a while after a call (torch's
-# OpenMP pool about 10 ms here, jaxgridsample's CPU kernel workers 2 ms; XLA's
-# own pool hardly at all). A call that runs right after the other
-# library's therefore shares the cores with spinning threads: a 5 ms JAX
-# forward took 10 ms right after a torch call on 2 cores. Each competitor
-# thus runs as a block of calls of which only the last is timed, so every
-# timed call follows a call of its own library, as in a real program.
+# PyTorch's OpenMP threads busy-wait for milliseconds after a call (about
+# 10 ms here); jaxgridsample's kernel workers and XLA's pool sleep at once. A
+# call right after a torch call therefore shares the cores with a spinning
+# thread. By default each competitor thus runs as a block of calls of which
+# only the last is timed, so every timed call follows a call of its own
+# library, as in a real program.
 BLOCK_CALLS = 3
 
 # A short sleep before each block lets the previous competitor's spinning
@@ -371,16 +372,25 @@ BLOCK_CALLS = 3
 # our forward's median; shuffled with the pause, it reads 0.91-1.07x.
 PAUSE_S = 0.02
 
+# ``--single``: the harsher pattern a quick side-by-side script uses. One
+# timed call per competitor, no pause, so a call often follows a torch call
+# while torch's threads still spin.
+SINGLE_BLOCK_CALLS = 1
+SINGLE_PAUSE_S = 0.0
+
+# The pattern in use; main() switches it for --single.
+PATTERN = {"block_calls": BLOCK_CALLS, "pause_s": PAUSE_S}
+
 
 def time_interleaved(callables: dict[str, Callable], repeats: int, warmup: int,
                      seed: int) -> dict[str, list[float]]:
   """Times every callable ``repeats`` times, in a shuffled order within each repetition.
 
-  Within a repetition each competitor sleeps ``PAUSE_S``, then runs
-  ``BLOCK_CALLS`` times in a row, and only the last call is timed (see
-  ``BLOCK_CALLS``). The order is a fresh random permutation (from ``seed``)
-  in every repetition, so that no competitor systematically follows another.
-  Returns seconds per call.
+  Within a repetition each competitor sleeps ``PATTERN["pause_s"]``, then
+  runs ``PATTERN["block_calls"]`` times in a row, and only the last call is
+  timed (see ``BLOCK_CALLS``). The order is a fresh random permutation (from
+  ``seed``) in every repetition, so that no competitor systematically follows
+  another. Returns seconds per call.
   """
   names = list(callables)
   for _ in range(warmup):
@@ -394,8 +404,9 @@ def time_interleaved(callables: dict[str, Callable], repeats: int, warmup: int,
     for _ in range(repeats):
       for index in rng.permutation(len(names)):
         fn = callables[names[index]]
-        time.sleep(PAUSE_S)
-        for _ in range(BLOCK_CALLS - 1):
+        if PATTERN["pause_s"]:
+          time.sleep(PATTERN["pause_s"])
+        for _ in range(PATTERN["block_calls"] - 1):
           fn()
         start = time.perf_counter()
         fn()
@@ -455,6 +466,13 @@ def run_scaling(sweeps: dict, repeats: int, warmup: int, seed: int) -> dict:
 # ----------------------------------------------------------------------------- reporting
 
 
+def _pattern_text(env: dict) -> str:
+  calls, pause = env.get("block_calls", 1), env.get("pause_s", 0)
+  if calls == 1 and not pause:
+    return "one call per competitor, no pause"
+  return f"blocks of {calls} calls after a {pause * 1e3:.0f} ms pause, the last call timed"
+
+
 def _ms(t: dict) -> str:
   return f"{t['median_ms']:.2f}"
 
@@ -494,8 +512,7 @@ def render(env: dict, args: argparse.Namespace, workloads: list[dict], scaling: 
       f" torch.set_num_threads({env['torch_num_threads']});"
       f" OMP_WAIT_POLICY {env.get('omp_wait_policy') or 'unset (the default)'}",
       f"- load average (1, 5, 15 min): start {env['load_average_start']}, end {env.get('load_average_end')}",
-      f"- repetitions: {args.repeats} (interleaved in a shuffled order, blocks of {env.get('block_calls', 1)}"
-      f" calls after a {env.get('pause_s', 0) * 1e3:.0f} ms pause, the last call timed; medians),"
+      f"- repetitions: {args.repeats} (interleaved in a shuffled order, {_pattern_text(env)}; medians),"
       f" warm-up {args.warmup};"
       " float32; times in ms",
       "",
@@ -629,6 +646,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   extra_names = ",".join(w.name for w in EXTRA_WORKLOADS)
   parser.add_argument("--workloads", default=None,
                       help=f"comma-separated subset of: {names} (with --extra: {extra_names})")
+  parser.add_argument("--single", action="store_true",
+                      help="time one call per competitor with no pause (see SINGLE_BLOCK_CALLS); "
+                           "results get a _single suffix")
   parser.add_argument("--no-plot", action="store_true", help="do not write the scaling plot")
   parser.add_argument("--no-scaling", action="store_true", help="skip the scaling sweeps")
   parser.add_argument("--output-dir", type=Path, default=HERE, help="where to write results (default: here)")
@@ -657,6 +677,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
   args = parse_args(argv)
+  if args.single:
+    PATTERN.update(block_calls=SINGLE_BLOCK_CALLS, pause_s=SINGLE_PAUSE_S)
   start = time.perf_counter()
   num_threads = os.cpu_count() or 1
   torch.set_num_threads(num_threads)
@@ -684,7 +706,7 @@ def main(argv=None) -> None:
   print(report)
   print(f"(wall time {env['wall_time_s']} s)")
 
-  suffix = "_quick" if args.quick else "_extra" if args.extra else ""
+  suffix = ("_quick" if args.quick else "_extra" if args.extra else "") + ("_single" if args.single else "")
   args.output_dir.mkdir(parents=True, exist_ok=True)
   (args.output_dir / f"results{suffix}.md").write_text(report + "\n")
   payload = {"environment": env,
