@@ -1120,6 +1120,10 @@ inline void RequestShortTimeSlice() {
 // runs on the caller alone: about 30 microseconds on one core.
 constexpr int64_t kMinParallelWork = int64_t{1} << 17;
 
+// How long a caller that has run out of units spins for its workers' last
+// ones before it pulls them onto its own core and sleeps (WaitForWorkers).
+constexpr int64_t kWaitSpinMicroseconds = 50;
+
 class Workers {
  public:
   // The process's workers, created on first use; never destroyed (detached
@@ -1161,7 +1165,7 @@ class Workers {
     // Workers that load the job after this see none; those that joined are
     // counted, and the caller waits for their last units.
     job_.store(nullptr);
-    while (joined_.load() != 0) CpuRelax();
+    WaitForWorkers();
   }
 
  private:
@@ -1182,13 +1186,67 @@ class Workers {
     }
   };
 
+  // What the caller knows of one worker, for WaitForWorkers.
+  struct Slot {
+    std::atomic<long> tid{0};       // the worker's thread id, once it runs
+    std::atomic<bool> busy{false};  // inside a job's units
+    std::atomic<bool> pulled{false};  // its affinity was narrowed by a caller
+#ifdef __linux__
+    cpu_set_t initial;  // its affinity before any pull
+#endif
+  };
+
+  // Returns once no worker is inside the job. A worker in its last unit is
+  // usually about to finish, so the caller spins for a moment. After that, a
+  // worker still inside has most likely been preempted on its core, by
+  // another program's thread (an OpenMP runtime's, say, which spins for
+  // milliseconds after each of its calls): the caller pulls it onto its own
+  // core and sleeps until it is done, rather than spin while the worker waits
+  // out the other thread's time slice (Linux does not move a preempted
+  // thread to a core whose thread is spinning).
+  void WaitForWorkers() {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kWaitSpinMicroseconds);
+    for (int spin = 0; joined_.load() != 0; ++spin) {
+      CpuRelax();
+      if (spin % 64 == 63 && std::chrono::steady_clock::now() >= deadline) break;
+    }
+    if (joined_.load() == 0) return;
+#ifdef __linux__
+    const int cpu = sched_getcpu();
+    if (cpu >= 0) {
+      cpu_set_t here;
+      CPU_ZERO(&here);
+      CPU_SET(cpu, &here);
+      for (const std::unique_ptr<Slot>& slot : slots_) {
+        const long tid = slot->tid.load();
+        if (tid == 0 || !slot->busy.load()) continue;
+        slot->pulled.store(true);  // before the change, so the worker undoes it
+        sched_setaffinity(static_cast<pid_t>(tid), sizeof(here), &here);
+      }
+    }
+#endif
+    std::unique_lock<std::mutex> lock(done_mutex_);
+    caller_waiting_.store(true);
+    done_.wait(lock, [&] { return joined_.load() == 0; });
+    caller_waiting_.store(false);
+  }
+
+  // Gives a worker back the affinity it had, if a caller pulled it.
+  static void Release(Slot* slot) {
+#ifdef __linux__
+    if (slot->pulled.exchange(false)) pthread_setaffinity_np(pthread_self(), sizeof(slot->initial), &slot->initial);
+#endif
+  }
+
   // Starts workers up to ``count``; the number running.
   size_t Grow(int64_t count) {
     while (static_cast<int64_t>(threads_.size()) < count) {
       const int index = static_cast<int>(threads_.size());
+      slots_.push_back(std::make_unique<Slot>());
       try {
-        std::thread(&Workers::Loop, this, index).detach();
+        std::thread(&Workers::Loop, this, index, slots_.back().get()).detach();
       } catch (...) {
+        slots_.pop_back();
         break;  // no more threads: run with those there are
       }
       threads_.push_back(index);
@@ -1196,9 +1254,12 @@ class Workers {
     return threads_.size();
   }
 
-  void Loop(int index) {
+  void Loop(int index, Slot* slot) {
 #ifdef __linux__
     pthread_setname_np(pthread_self(), "jaxgridsample");
+    if (pthread_getaffinity_np(pthread_self(), sizeof(slot->initial), &slot->initial) == 0) {
+      slot->tid.store(static_cast<long>(syscall(SYS_gettid)));
+    }
 #endif
     RequestShortTimeSlice();
     uint64_t seen = generation_.load();
@@ -1210,10 +1271,22 @@ class Workers {
       }
       joined_.fetch_add(1);
       if (Job* job = job_.load(); job != nullptr && index < job->helpers) {
-        AvoidCpu avoid(job->caller_cpu);
-        job->Work();
+        slot->busy.store(true);
+        Release(slot);  // a pull that came after the last job ended
+        {
+          AvoidCpu avoid(job->caller_cpu);
+          job->Work();
+        }
+        slot->busy.store(false);
+        Release(slot);
       }
-      joined_.fetch_sub(1);
+      // Sequentially consistent, like the caller's store of caller_waiting_
+      // and its test of joined_: either the caller sees no worker inside, or
+      // the last worker out sees the caller waiting and wakes it.
+      if (joined_.fetch_sub(1) == 1 && caller_waiting_.load()) {
+        { std::lock_guard<std::mutex> lock(done_mutex_); }
+        done_.notify_all();
+      }
     }
   }
 
@@ -1225,6 +1298,10 @@ class Workers {
   std::atomic<int> joined_{0};           // workers inside a job
   std::mutex sleep_mutex_;               // guards the generation's changes, for wake_
   std::condition_variable wake_;
+  std::vector<std::unique_ptr<Slot>> slots_;  // one per started worker; grown under submit_
+  std::atomic<bool> caller_waiting_{false};   // the caller sleeps in WaitForWorkers
+  std::mutex done_mutex_;
+  std::condition_variable done_;
 };
 
 // The calling thread's tap table of this type, kept from call to call.

@@ -208,6 +208,49 @@ def test_baseline_build_and_one_thread_give_the_same_numbers():
         np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=key)
 
 
+_REPEATED_CALLS = """
+import sys
+import jax, numpy as np
+from jaxgridsample import grid_sample
+rng = np.random.default_rng(1)
+inp = rng.standard_normal((4, 3, 96, 96)).astype(np.float32)
+grid = rng.uniform(-1.2, 1.2, (4, 96, 96, 2)).astype(np.float32)
+cot = rng.standard_normal((4, 3, 96, 96)).astype(np.float32)
+run = jax.jit(lambda i, g, o: (grid_sample(i, g), *jax.vjp(lambda a, b: grid_sample(a, b), i, g)[1](o)))
+first = [np.asarray(a) for a in run(inp, grid, cot)]
+for _ in range(40):
+  for a, b in zip(first, run(inp, grid, cot)):
+    np.testing.assert_array_equal(np.asarray(b), a)
+np.savez(sys.argv[1], *first)
+"""
+
+
+def test_calls_on_busy_cores_neither_hang_nor_change_results(tmp_path):
+  """With every core also running a busy loop, a kernel worker is often preempted in its units.
+
+  The caller then pulls it onto its own core and sleeps until it is done
+  (Workers::WaitForWorkers); this must always come back, with the same
+  numbers as on idle cores.
+  """
+  spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+  try:
+    result = subprocess.run([sys.executable, "-c", _REPEATED_CALLS, str(tmp_path / "busy.npz")],
+                            capture_output=True, text=True, timeout=600, check=False)
+  finally:
+    for spinner in spinners:
+      spinner.kill()
+      spinner.wait()
+  assert result.returncode == 0, result.stderr[-3000:]
+  busy = np.load(tmp_path / "busy.npz")
+  rng = np.random.default_rng(1)
+  inp = rng.standard_normal((4, 3, 96, 96)).astype(np.float32)
+  grid = rng.uniform(-1.2, 1.2, (4, 96, 96, 2)).astype(np.float32)
+  cot = rng.standard_normal((4, 3, 96, 96)).astype(np.float32)
+  out, vjp = jax.vjp(lambda a, b: grid_sample(a, b), inp, grid)
+  for got, want in zip((busy[f"arr_{i}"] for i in range(3)), (out, *vjp(cot))):
+    np.testing.assert_array_equal(got, np.asarray(want))
+
+
 def test_switched_off_kernel_falls_back_and_says_why():
   report = _run_elsewhere({_cpu_kernel.ENVIRONMENT_VARIABLE: "off"}, [[2, "bilinear", "zeros"]])
   assert report["isa"] is None and report["reason"] == f"{_cpu_kernel.ENVIRONMENT_VARIABLE}=off"
