@@ -35,6 +35,7 @@
 #include <pthread.h>
 #ifdef __linux__
 #include <sched.h>
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -47,6 +48,8 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -1121,8 +1124,30 @@ inline void RequestShortTimeSlice() {
 constexpr int64_t kMinParallelWork = int64_t{1} << 17;
 
 // How long a caller that has run out of units spins for its workers' last
-// ones before it pulls them onto its own core and sleeps (WaitForWorkers).
+// ones before it looks whether they are running (WaitForWorkers), and how
+// often it looks again.
 constexpr int64_t kWaitSpinMicroseconds = 50;
+constexpr int64_t kStallCheckMicroseconds = 100;
+
+// Nanoseconds that thread ``tid`` of this process has spent running, or -1
+// if Linux does not say (/proc/self/task/<tid>/schedstat).
+inline long long RunNanoseconds(long tid) {
+#ifdef __linux__
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/self/task/%ld/schedstat", tid);
+  const int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  char text[64];
+  const ssize_t size = read(fd, text, sizeof(text) - 1);
+  close(fd);
+  if (size <= 0) return -1;
+  text[size] = '\0';
+  return std::strtoll(text, nullptr, 10);
+#else
+  (void)tid;
+  return -1;
+#endif
+}
 
 class Workers {
  public:
@@ -1197,38 +1222,55 @@ class Workers {
   };
 
   // Returns once no worker is inside the job. A worker in its last unit is
-  // usually about to finish, so the caller spins for a moment. After that, a
-  // worker still inside has most likely been preempted on its core, by
-  // another program's thread (an OpenMP runtime's, say, which spins for
-  // milliseconds after each of its calls): the caller pulls it onto its own
-  // core and sleeps until it is done, rather than spin while the worker waits
-  // out the other thread's time slice (Linux does not move a preempted
-  // thread to a core whose thread is spinning).
+  // usually about to finish, and the caller spins. But a worker can also be
+  // preempted on its core, by another program's thread (an OpenMP runtime's,
+  // say, which spins for milliseconds after each of its calls), and then
+  // waits out that thread's time slice while the caller spins on a core that
+  // Linux does not hand over. So after a moment the caller checks, every
+  // kStallCheckMicroseconds, whether each busy worker's run time has grown;
+  // it pulls a worker that has hardly run onto its own core and sleeps until
+  // the workers are done. A worker that is running is left where it is.
   void WaitForWorkers() {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kWaitSpinMicroseconds);
-    for (int spin = 0; joined_.load() != 0; ++spin) {
-      CpuRelax();
-      if (spin % 64 == 63 && std::chrono::steady_clock::now() >= deadline) break;
-    }
-    if (joined_.load() == 0) return;
+    using Clock = std::chrono::steady_clock;
+    const auto spin_until = [&](Clock::time_point deadline) {
+      for (int spin = 0; joined_.load() != 0; ++spin) {
+        CpuRelax();
+        if (spin % 64 == 63 && Clock::now() >= deadline) return false;
+      }
+      return true;
+    };
+    if (spin_until(Clock::now() + std::chrono::microseconds(kWaitSpinMicroseconds))) return;
 #ifdef __linux__
-    const int cpu = sched_getcpu();
-    if (cpu >= 0) {
-      cpu_set_t here;
-      CPU_ZERO(&here);
-      CPU_SET(cpu, &here);
-      for (const std::unique_ptr<Slot>& slot : slots_) {
-        const long tid = slot->tid.load();
-        if (tid == 0 || !slot->busy.load()) continue;
-        slot->pulled.store(true);  // before the change, so the worker undoes it
+    std::vector<long long> ran(slots_.size());
+    for (bool pulled = false; !pulled;) {
+      for (size_t i = 0; i < slots_.size(); ++i) {
+        const long tid = slots_[i]->tid.load();
+        ran[i] = tid != 0 && slots_[i]->busy.load() ? RunNanoseconds(tid) : -1;
+      }
+      const auto start = Clock::now();
+      if (spin_until(start + std::chrono::microseconds(kStallCheckMicroseconds))) return;
+      const long long waited = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
+      const int cpu = sched_getcpu();
+      for (size_t i = 0; i < slots_.size() && cpu >= 0; ++i) {
+        const long tid = slots_[i]->tid.load();
+        if (ran[i] < 0 || !slots_[i]->busy.load()) continue;
+        const long long now_ran = RunNanoseconds(tid);
+        if (now_ran < 0 || now_ran - ran[i] > waited / 4) continue;  // running (or unknown): leave it
+        cpu_set_t here;
+        CPU_ZERO(&here);
+        CPU_SET(cpu, &here);
+        slots_[i]->pulled.store(true);  // before the change, so the worker undoes it
         sched_setaffinity(static_cast<pid_t>(tid), sizeof(here), &here);
+        pulled = true;
       }
     }
-#endif
     std::unique_lock<std::mutex> lock(done_mutex_);
     caller_waiting_.store(true);
     done_.wait(lock, [&] { return joined_.load() == 0; });
     caller_waiting_.store(false);
+#else
+    while (joined_.load() != 0) CpuRelax();
+#endif
   }
 
   // Gives a worker back the affinity it had, if a caller pulled it.
