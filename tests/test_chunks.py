@@ -98,7 +98,8 @@ def test_per_axis_indices_match_flat_indices(ndim, mode, monkeypatch):
       return [np.asarray(a) for a in (out, *vjp(cotangent))]
 
     def gather_index_maps():
-      program = jax.jit(lambda a, b: grid_sample(a, b, mode, padding, False, implementation="xla")).lower(inp, grid).as_text()
+      sample = jax.jit(lambda a, b: grid_sample(a, b, mode, padding, False, implementation="xla"))
+      program = sample.lower(inp, grid).as_text()
       return set(re.findall(r"start_index_map = \[([0-9, ]*)\]", program))
 
     flat, flat_maps = forward_and_gradients(), gather_index_maps()
