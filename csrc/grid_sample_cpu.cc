@@ -1473,6 +1473,128 @@ void InterpolateDirect(const T* values, const T* grid, T* out, int64_t begin, in
   }
 }
 
+// The interleaved forward: bilinear, float32, 3 or 4 channels. Each point
+// reads two rows of 2 x C values; from C planes they lie on 2C cache lines,
+// and on a random grid over a large image nearly every one misses. So a
+// thread first copies the sample's planes into a scratch of pixels, 4 floats
+// each (channels 0 .. C-1, then zeros), where a row's two taps span one or
+// two lines; the points then read those. One thread, 3 x 384^2 image, random
+// grid: 4.6 ms against 6.7 ms for the planes (7.7 ms for PyTorch's kernel).
+// Two channels gained nothing (the padding doubles the memory), and where
+// the points are much fewer than the pixels the copy costs more than it
+// saves. The sums are those of InterpolateDirect, in the same order, so the
+// results are the same bits.
+constexpr int kPixelFloats = 4;
+constexpr int64_t kInterleavedMaxPixels = int64_t{1} << 20;  // a scratch of at most 16 MiB per thread
+
+inline bool InterleavedForward(const Geometry& g) {
+  return !g.channels_last && g.channels >= 3 && g.channels <= kPixelFloats && g.num_pixels <= kInterleavedMaxPixels &&
+         4 * g.num_points >= g.num_pixels;
+}
+
+// A thread's copy of one sample's planes, pixel-major, and which call and
+// sample it holds: the units of a call come in sample order, so a thread
+// copies each sample it works on once. Kept between calls, as ThreadTable.
+struct InterleavedSample {
+  std::vector<float> pixels;
+  int64_t call = -1;
+  int64_t sample = -1;
+};
+
+inline InterleavedSample& ThreadInterleavedSample() {
+  thread_local InterleavedSample sample;
+  return sample;
+}
+
+inline std::atomic<int64_t>& InterleavedCalls() {
+  static std::atomic<int64_t> calls{0};
+  return calls;
+}
+
+// pixels[p * 4 + c] = planes[c * num_pixels + p] for c < channels, 0 after.
+inline void InterleavePlanes(const float* planes, int64_t channels, int64_t num_pixels, float* pixels) {
+  int64_t p = 0;
+  for (; p + 8 <= num_pixels; p += 8) {
+    __m256 row[kPixelFloats];  // 8 pixels of channel c
+    for (int c = 0; c < kPixelFloats; ++c) {
+      row[c] = c < channels ? _mm256_loadu_ps(planes + c * num_pixels + p) : _mm256_setzero_ps();
+    }
+    const __m256 t0 = _mm256_unpacklo_ps(row[0], row[1]);  // a0 b0 a1 b1 | a4 b4 a5 b5
+    const __m256 t1 = _mm256_unpackhi_ps(row[0], row[1]);  // a2 b2 a3 b3 | a6 b6 a7 b7
+    const __m256 t2 = _mm256_unpacklo_ps(row[2], row[3]);
+    const __m256 t3 = _mm256_unpackhi_ps(row[2], row[3]);
+    const __m256 p04 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));  // pixel 0 | pixel 4
+    const __m256 p15 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 p26 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 p37 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    float* out = pixels + p * kPixelFloats;
+    _mm256_storeu_ps(out, _mm256_permute2f128_ps(p04, p15, 0x20));
+    _mm256_storeu_ps(out + 8, _mm256_permute2f128_ps(p26, p37, 0x20));
+    _mm256_storeu_ps(out + 16, _mm256_permute2f128_ps(p04, p15, 0x31));
+    _mm256_storeu_ps(out + 24, _mm256_permute2f128_ps(p26, p37, 0x31));
+  }
+  for (; p < num_pixels; ++p) {
+    for (int c = 0; c < kPixelFloats; ++c) pixels[p * kPixelFloats + c] = c < channels ? planes[c * num_pixels + p] : 0.0f;
+  }
+}
+
+// Points [begin, end) of one sample from its interleaved pixels: two points
+// per register (4 channels each), then a transpose to channel rows.
+template <Padding kPad>
+void InterpolateInterleaved(const float* pixels, const float* grid, float* out, int64_t begin, int64_t end,
+                            const Geometry& g, const Axis* axis_list) {
+  Axis axes[2];  // a local copy, as in InterpolateDirect
+  std::copy(axis_list, axis_list + 2, axes);
+  const PixelStrides<2> strides(axes);
+  LaneTapsFor<float, Linear, 2> lanes;
+  for (int64_t b = begin; b < end; b += 8) {
+    const int count = static_cast<int>(std::min<int64_t>(8, end - b));
+    PrefetchGrid(grid, b, 2);
+    // Lanes past count hold the taps of grid value 0: inside, never stored.
+    ComputeLaneTaps<float, Linear, 2, kPad, false>(grid + b * 2, count, axes, strides, &lanes);
+    __m256 pair[4];  // points 2j | 2j + 1, channels 0..3 each
+    for (int j = 0; j < 4; ++j) {
+      const int i = 2 * j;
+      const __m256i spread = _mm256_setr_epi32(i, i, i, i, i + 1, i + 1, i + 1, i + 1);
+      __m256 sum = _mm256_setzero_ps();
+      for (int t = 0; t < 4; ++t) {
+        // read is 0 outside, so both loads stay in the scratch; the mask
+        // zeroes them (a product with weight 0 could be NaN).
+        const auto low = static_cast<uint32_t>(lanes.read[t][i]);
+        const auto high = static_cast<uint32_t>(lanes.read[t][i + 1]);
+        const __m256 value = _mm256_set_m128(_mm_loadu_ps(pixels + size_t{high} * kPixelFloats),
+                                             _mm_loadu_ps(pixels + size_t{low} * kPixelFloats));
+        const __m256 inside =
+            _mm256_permutevar8x32_ps(_mm256_castsi256_ps(reinterpret_cast<__m256i>(lanes.inside[t])), spread);
+        const __m256 weight = _mm256_permutevar8x32_ps(reinterpret_cast<__m256>(lanes.weight[t]), spread);
+        sum = _mm256_add_ps(sum, _mm256_mul_ps(weight, _mm256_and_ps(value, inside)));
+      }
+      pair[j] = sum;
+    }
+    const __m256 p04 = _mm256_permute2f128_ps(pair[0], pair[2], 0x20);  // point 0 | point 4
+    const __m256 p15 = _mm256_permute2f128_ps(pair[0], pair[2], 0x31);
+    const __m256 p26 = _mm256_permute2f128_ps(pair[1], pair[3], 0x20);
+    const __m256 p37 = _mm256_permute2f128_ps(pair[1], pair[3], 0x31);
+    const __m256 t0 = _mm256_unpacklo_ps(p04, p15);  // p0c0 p1c0 p0c1 p1c1 | p4c0 p5c0 p4c1 p5c1
+    const __m256 t1 = _mm256_unpackhi_ps(p04, p15);
+    const __m256 t2 = _mm256_unpacklo_ps(p26, p37);
+    const __m256 t3 = _mm256_unpackhi_ps(p26, p37);
+    const __m256 channel[kPixelFloats] = {
+        _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2)),
+        _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2))};
+    for (int64_t c = 0; c < g.channels; ++c) {
+      float* row = out + c * g.num_points + b;
+      if (count == 8) {
+        _mm256_storeu_ps(row, channel[c]);
+      } else {
+        alignas(32) float values[8];
+        _mm256_store_ps(values, channel[c]);
+        std::copy(values, values + count, row);
+      }
+    }
+  }
+}
+
 // The direct channels-first backward, over all points of one sample and
 // channels [c_begin, c_end): as the forward above, each kLanes points' taps
 // (and slopes) stay in registers while every channel scatter-adds its
@@ -1562,6 +1684,28 @@ void Forward(ffi::ThreadPool& pool, const T* values, const T* grid, T* out, cons
   const int64_t units_per_sample = (g.num_points + per_unit - 1) / per_unit;
   const int64_t sample_values = g.channels * g.num_pixels;
   const int64_t sample_out = g.channels * g.num_points;
+#ifdef JAXGRIDSAMPLE_AVX2
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<Family, Linear> && kNdim == 2) {
+    if (InterleavedForward(g)) {
+      const int64_t call = ++InterleavedCalls();
+      ParallelFor(pool, g.num_batch * units_per_sample, WorkOf(g, Block::kTaps), [&](int64_t unit) {
+        const int64_t n = unit / units_per_sample;
+        const int64_t begin = (unit % units_per_sample) * per_unit;
+        const int64_t end = std::min(g.num_points, begin + per_unit);
+        InterleavedSample& sample = ThreadInterleavedSample();
+        if (sample.call != call || sample.sample != n) {
+          sample.pixels.resize(std::max<size_t>(sample.pixels.size(), g.num_pixels * kPixelFloats));
+          InterleavePlanes(values + n * sample_values, g.channels, g.num_pixels, sample.pixels.data());
+          sample.call = call;
+          sample.sample = n;
+        }
+        InterpolateInterleaved<kPad>(sample.pixels.data(), grid + n * g.num_points * 2, out + n * sample_out, begin,
+                                     end, g, axes);
+      });
+      return;
+    }
+  }
+#endif
   ParallelFor(pool, g.num_batch * units_per_sample, WorkOf(g, Block::kTaps), [&](int64_t unit) {
     const int64_t n = unit / units_per_sample;
     const int64_t begin = (unit % units_per_sample) * per_unit;

@@ -76,6 +76,36 @@ def test_matches_the_xla_implementation_over_many_blocks(ndim, mode, padding, dt
       cases.assert_close(a, b, dtype, what=f"{what} channels_last={channels_last}")
 
 
+@pytest.mark.parametrize("padding", cases.PADDINGS)
+@pytest.mark.parametrize("channels", [3, 4])
+def test_interleaved_forward_gives_the_bits_of_one_channel_at_a_time(padding, channels):
+  """Bilinear float32 with 3 or 4 channels reads a pixel-major copy of each sample; one channel reads its plane.
+
+  The two passes make the same sums in the same order, so they must agree to
+  the bit: on the hard values, non-finite grid values, and infinite pixels
+  (whose zero-weight products are NaN in both, and which an outside tap must
+  not reach).
+  """
+  rng = np.random.default_rng(cases.stable_seed("interleaved", padding, channels))
+  batch, spatial, num_points = 3, (23, 41), 1031  # odd sizes: the copy's and the points' tails
+  inp = rng.standard_normal((batch, channels) + spatial).astype(np.float32)
+  inp[0, 1, 0, 0], inp[0, 0, -1, 3], inp[1, -1, 5, -1] = np.inf, -np.inf, np.nan  # the last sample stays finite
+  for ac in (False, True):
+    grid = rng.uniform(-1.3, 1.3, (batch, num_points, 1, 2))
+    for k in range(2):
+      hard = rng.random(grid.shape[:-1]) < 0.4
+      grid[..., k] = np.where(hard, rng.choice(cases.hard_values(spatial[1 - k], ac), size=grid.shape[:-1]),
+                              grid[..., k])
+    grid[0, :4, 0] = [[np.nan, 0.0], [np.inf, 0.5], [-np.inf, -np.inf], [0.25, np.nan]]
+    grid = grid.astype(np.float32)
+    sample = jax.jit(lambda i, g, ac=ac: grid_sample(i, g, "bilinear", padding, ac, implementation="cpu"))
+    together = np.asarray(sample(inp, grid))
+    alone = np.concatenate([np.asarray(sample(inp[:, c:c + 1], grid)) for c in range(channels)], axis=1)
+    np.testing.assert_array_equal(together, alone)
+    reference = np.asarray(grid_sample(inp[-1:], grid[-1:], "bilinear", padding, ac, implementation="xla"))
+    cases.assert_close(together[-1:], reference, np.float32, what="out")
+
+
 def test_vmap_folds_the_mapped_axis_into_the_batch():
   inp, grid, cotangent, ac = _case(2, "bilinear", "border", np.float64, num_points=37)
   stacked_grid = np.stack([grid, grid[::-1], grid * 0.5])
