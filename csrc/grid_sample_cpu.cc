@@ -35,7 +35,6 @@
 #include <pthread.h>
 #ifdef __linux__
 #include <sched.h>
-#include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -1123,30 +1122,16 @@ inline void RequestShortTimeSlice() {
 // runs on the caller alone: about 30 microseconds on one core.
 constexpr int64_t kMinParallelWork = int64_t{1} << 17;
 
-// How long a caller that has run out of units spins for its workers' last
-// ones before it looks whether they are running (WaitForWorkers), and how
-// often it looks again.
-constexpr int64_t kWaitSpinMicroseconds = 50;
-constexpr int64_t kStallCheckMicroseconds = 100;
+// A worker whose current unit has taken this many times the caller's mean
+// unit time, plus kOverdueMicroseconds, is taken to be preempted
+// (WaitForWorkers). Without a mean (the caller ran no unit),
+// kOverdueMicroseconds alone.
+constexpr int64_t kOverdueFactor = 2;
+constexpr int64_t kOverdueMicroseconds = 20;
 
-// Nanoseconds that thread ``tid`` of this process has spent running, or -1
-// if Linux does not say (/proc/self/task/<tid>/schedstat).
-inline long long RunNanoseconds(long tid) {
-#ifdef __linux__
-  char path[64];
-  std::snprintf(path, sizeof(path), "/proc/self/task/%ld/schedstat", tid);
-  const int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  char text[64];
-  const ssize_t size = read(fd, text, sizeof(text) - 1);
-  close(fd);
-  if (size <= 0) return -1;
-  text[size] = '\0';
-  return std::strtoll(text, nullptr, 10);
-#else
-  (void)tid;
-  return -1;
-#endif
+inline int64_t NowNanoseconds() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 
 class Workers {
@@ -1186,11 +1171,12 @@ class Workers {
       generation_.fetch_add(1);
     }
     wake_.notify_all();
-    job.Work();
+    const int64_t start = NowNanoseconds();
+    const int64_t units = job.Work(nullptr);
     // Workers that load the job after this see none; those that joined are
     // counted, and the caller waits for their last units.
     job_.store(nullptr);
-    WaitForWorkers();
+    WaitForWorkers(units > 0 ? (NowNanoseconds() - start) / units : 0);
   }
 
  private:
@@ -1206,8 +1192,15 @@ class Workers {
     static void Call(const void* fn, int64_t unit) {
       (*static_cast<const Fn*>(fn))(unit);
     }
-    void Work() {
-      for (int64_t unit = next++; unit < num_units; unit = next++) call(fn, unit);
+    // Runs units until none is left; the number run. A worker passes where
+    // it says when each unit started.
+    int64_t Work(std::atomic<int64_t>* unit_start) {
+      int64_t count = 0;
+      for (int64_t unit = next++; unit < num_units; unit = next++, ++count) {
+        if (unit_start != nullptr) unit_start->store(NowNanoseconds(), std::memory_order_relaxed);
+        call(fn, unit);
+      }
+      return count;
     }
   };
 
@@ -1216,6 +1209,7 @@ class Workers {
     std::atomic<long> tid{0};       // the worker's thread id, once it runs
     std::atomic<bool> busy{false};  // inside a job's units
     std::atomic<bool> pulled{false};  // its affinity was narrowed by a caller
+    std::atomic<int64_t> unit_start{0};  // when its current unit started (NowNanoseconds)
 #ifdef __linux__
     cpu_set_t initial;  // its affinity before any pull
 #endif
@@ -1226,49 +1220,40 @@ class Workers {
   // preempted on its core, by another program's thread (an OpenMP runtime's,
   // say, which spins for milliseconds after each of its calls), and then
   // waits out that thread's time slice while the caller spins on a core that
-  // Linux does not hand over. So after a moment the caller checks, every
-  // kStallCheckMicroseconds, whether each busy worker's run time has grown;
-  // it pulls a worker that has hardly run onto its own core and sleeps until
-  // the workers are done. A worker that is running is left where it is.
-  void WaitForWorkers() {
-    using Clock = std::chrono::steady_clock;
-    const auto spin_until = [&](Clock::time_point deadline) {
-      for (int spin = 0; joined_.load() != 0; ++spin) {
-        CpuRelax();
-        if (spin % 64 == 63 && Clock::now() >= deadline) return false;
-      }
-      return true;
-    };
-    if (spin_until(Clock::now() + std::chrono::microseconds(kWaitSpinMicroseconds))) return;
+  // Linux does not hand over. So a worker whose unit is overdue (twice the
+  // caller's mean unit time, and a little) is pulled onto the caller's core,
+  // and the caller sleeps until the workers are done. The units of a call
+  // are of a size, so a unit that takes twice as long has mostly waited.
+  void WaitForWorkers(int64_t mean_unit_nanoseconds) {
+    const int64_t overdue = kOverdueFactor * mean_unit_nanoseconds + kOverdueMicroseconds * 1000;
 #ifdef __linux__
-    std::vector<long long> ran(slots_.size());
-    for (bool pulled = false; !pulled;) {
-      for (size_t i = 0; i < slots_.size(); ++i) {
-        const long tid = slots_[i]->tid.load();
-        ran[i] = tid != 0 && slots_[i]->busy.load() ? RunNanoseconds(tid) : -1;
-      }
-      const auto start = Clock::now();
-      if (spin_until(start + std::chrono::microseconds(kStallCheckMicroseconds))) return;
-      const long long waited = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
-      const int cpu = sched_getcpu();
-      for (size_t i = 0; i < slots_.size() && cpu >= 0; ++i) {
-        const long tid = slots_[i]->tid.load();
-        if (ran[i] < 0 || !slots_[i]->busy.load()) continue;
-        const long long now_ran = RunNanoseconds(tid);
-        if (now_ran < 0 || now_ran - ran[i] > waited / 4) continue;  // running (or unknown): leave it
+    const int cpu = sched_getcpu();
+    for (int spin = 0; joined_.load() != 0; ++spin) {
+      CpuRelax();
+      if (spin % 64 != 63 || cpu < 0) continue;
+      const int64_t now = NowNanoseconds();
+      bool pulled = false;
+      for (const auto& slot : slots_) {
+        const long tid = slot->tid.load();
+        if (tid == 0 || !slot->busy.load() || now - slot->unit_start.load(std::memory_order_relaxed) < overdue) {
+          continue;
+        }
         cpu_set_t here;
         CPU_ZERO(&here);
         CPU_SET(cpu, &here);
-        slots_[i]->pulled.store(true);  // before the change, so the worker undoes it
+        slot->pulled.store(true);  // before the change, so the worker undoes it
         sched_setaffinity(static_cast<pid_t>(tid), sizeof(here), &here);
         pulled = true;
       }
+      if (!pulled) continue;
+      std::unique_lock<std::mutex> lock(done_mutex_);
+      caller_waiting_.store(true);
+      done_.wait(lock, [&] { return joined_.load() == 0; });
+      caller_waiting_.store(false);
+      return;
     }
-    std::unique_lock<std::mutex> lock(done_mutex_);
-    caller_waiting_.store(true);
-    done_.wait(lock, [&] { return joined_.load() == 0; });
-    caller_waiting_.store(false);
 #else
+    (void)overdue;
     while (joined_.load() != 0) CpuRelax();
 #endif
   }
@@ -1313,11 +1298,12 @@ class Workers {
       }
       joined_.fetch_add(1);
       if (Job* job = job_.load(); job != nullptr && index < job->helpers) {
+        slot->unit_start.store(NowNanoseconds(), std::memory_order_relaxed);  // not overdue before its first unit
         slot->busy.store(true);
         Release(slot);  // a pull that came after the last job ended
         {
           AvoidCpu avoid(job->caller_cpu);
-          job->Work();
+          job->Work(&slot->unit_start);
         }
         slot->busy.store(false);
         Release(slot);
