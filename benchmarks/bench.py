@@ -176,7 +176,8 @@ def load_average() -> list[float] | None:
 def library_version() -> dict:
   """Which jaxgridsample was benchmarked: version, git commit, local changes, source hash."""
   package_dir = Path(jaxgridsample.__file__).resolve().parent
-  sources = sorted(package_dir.glob("*.py"))
+  kernel_dir = package_dir.parent / "csrc"  # the compiled kernel's sources, in a source checkout
+  sources = sorted(package_dir.glob("*.py")) + sorted(kernel_dir.glob("*.cc"))
   digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sources)).hexdigest()[:12]
   info = {"version": jaxgridsample.__version__, "path": str(package_dir), "source_sha256": digest,
           "commit": None, "modified": None}
@@ -185,7 +186,8 @@ def library_version() -> dict:
       return subprocess.run(["git", *cmd], cwd=package_dir, capture_output=True, text=True, check=True,
                             timeout=10).stdout.strip()
     info["commit"] = git("rev-parse", "--short", "HEAD")
-    info["modified"] = bool(git("status", "--porcelain", "--", "."))
+    watched = ["."] + (["../csrc"] if kernel_dir.is_dir() else [])
+    info["modified"] = bool(git("status", "--porcelain", "--", *watched))
   except (OSError, subprocess.SubprocessError):
     pass
   return info
