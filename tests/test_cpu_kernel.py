@@ -77,9 +77,9 @@ def test_matches_the_xla_implementation_over_many_blocks(ndim, mode, padding, dt
 
 
 @pytest.mark.parametrize("padding", cases.PADDINGS)
-@pytest.mark.parametrize("channels", [3, 4])
+@pytest.mark.parametrize("channels", [2, 3, 4])
 def test_interleaved_forward_gives_the_bits_of_one_channel_at_a_time(padding, channels):
-  """Bilinear float32 with 3 or 4 channels reads a pixel-major copy of each sample; one channel reads its plane.
+  """Bilinear float32 with 2 to 4 channels reads a pixel-major copy of each sample; one channel reads its plane.
 
   The two passes make the same sums in the same order, so they must agree to
   the bit: on the hard values, non-finite grid values, and infinite pixels
@@ -89,7 +89,8 @@ def test_interleaved_forward_gives_the_bits_of_one_channel_at_a_time(padding, ch
   rng = np.random.default_rng(cases.stable_seed("interleaved", padding, channels))
   batch, spatial, num_points = 3, (23, 41), 1031  # odd sizes: the copy's and the points' tails
   inp = rng.standard_normal((batch, channels) + spatial).astype(np.float32)
-  inp[0, 1, 0, 0], inp[0, 0, -1, 3], inp[1, -1, 5, -1] = np.inf, -np.inf, np.nan  # the last sample stays finite
+  inp[0, 1, 0, 0], inp[0, 0, -1, -1], inp[1, -1, 5, -1] = np.inf, -np.inf, np.nan  # the last sample stays finite
+  inp[0, :, 7, 0] = np.inf  # where a run that starts on the last pixel of row 6 would spill over
   for ac in (False, True):
     grid = rng.uniform(-1.3, 1.3, (batch, num_points, 1, 2))
     for k in range(2):
