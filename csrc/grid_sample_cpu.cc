@@ -1547,7 +1547,10 @@ inline void InterleaveTwoPlanes(const float* planes, int64_t num_pixels, float* 
 
 // Points [begin, end) of a 2-channel sample from its interleaved pixels, 8
 // points per register as in InterpolateDirect: each row's run of two taps is
-// one 16-byte load per point, [c0, c1] of x0 then of x1 (ReadRun<4>).
+// one 16-byte load per point, [c0, c1] of x0 then of x1 (ReadRun<4>). Apart
+// from InterpolateInterleaved, though their loops begin alike: one function
+// with both bodies (if constexpr on the pixel size) compiled slower, single
+// core 4 x 2 x 384^2 2.6 -> 3.0 ms and 4 x 3 x 384^2 4.1 -> 5.3 ms.
 template <Padding kPad>
 void InterpolateTwoChannels(const float* pixels, const float* grid, float* out, int64_t begin, int64_t end,
                             const Geometry& g, const Axis* axis_list) {
