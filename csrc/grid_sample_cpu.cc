@@ -1644,27 +1644,32 @@ void InterpolateInterleaved(const float* pixels, const float* grid, float* out, 
   }
 }
 
-// The pixel-major nearest forward: float32, 3 channels or more. Nearest
-// copies one pixel per point; from C planes that pixel lies on C cache lines,
-// and on a random grid most of them miss, while each lane of a gather is a
-// load of its own. So, as for the interleaved bilinear forward, the sample's
-// planes are first copied to pixels of C values (rounded up to 8, zeros
-// after), where a point's channels are one or a few whole lines; then 8
-// points' pixels are read 8 channels at a time and transposed to channel
-// rows. Each output is the input value or 0, so the bits are those of the
-// planes paths. One thread, random grid: 8 x 16 x 128^2 3.8 -> 2.1 ms
-// (PyTorch's kernel 3.5), 8 x 8 x 128^2 1.9 -> 0.74 (1.5), 4 x 32 x 96^2
-// 2.6 -> 1.2 (2.5), 2 x 16 x 256^2 4.6 -> 2.5 (4.3); below 3 channels the
-// planes are level or faster. Where the points are much fewer than the
-// pixels the copy costs more than it saves.
-constexpr int64_t kPixelMajorMinChannels = 3;
+// The pixel-major forward: float32, every family, from a few channels on.
+// A point's taps lie on C cache lines each when read from C planes, and on a
+// random grid most of them miss, while each lane of a gather is a load of its
+// own. So, as for the interleaved bilinear forward, the sample's planes are
+// first copied to pixels of C values (rounded up to 8, zeros after), where a
+// tap's channels are one or a few whole lines, and a pixel of zeros is added
+// for the taps that lie outside; then 8 points' taps are read 8 channels at a
+// time, summed as InterpolateDirect sums them (the same bits), and transposed
+// to channel rows. Two threads, random grid, planes against the copy
+// (PyTorch's kernel): 8 x 32 x 96^2 bilinear 4.3 -> 2.1 ms (4.1), 2 x 8 x 48^3
+// trilinear 5.1 -> 3.2 (12.0), 4 x 8 x 128^2 bicubic 1.7 -> 0.94 (2.0); one
+// thread, nearest 8 x 16 x 128^2 3.8 -> 2.1 (3.5). Where the points are much
+// fewer than the pixels the copy costs more than it saves, and so it does
+// with fewer channels than these (2 x 2 x 48^3 trilinear 1.7 -> 2.9 ms,
+// 4 x 2 x 128^2 bicubic 0.39 -> 0.73; bilinear with 2 to 4 channels takes the
+// interleaved copy).
+template <typename Family>
+constexpr int64_t kPixelMajorMinChannels = Family::kTaps == 1 ? 3 : Family::kTaps == 4 ? 4 : 5;
 constexpr int64_t kPixelMajorMaxFloats = int64_t{1} << 22;  // a scratch of at most 16 MiB per thread
 
 inline int64_t PixelMajorStride(int64_t channels) { return (channels + 7) / 8 * 8; }
 
-inline bool PixelMajorNearest(const Geometry& g) {
-  return !g.channels_last && g.channels >= kPixelMajorMinChannels &&
-         g.num_pixels * PixelMajorStride(g.channels) <= kPixelMajorMaxFloats && 4 * g.num_points >= g.num_pixels;
+template <typename Family>
+inline bool PixelMajorForward(const Geometry& g) {
+  return !g.channels_last && g.channels >= kPixelMajorMinChannels<Family> &&
+         (g.num_pixels + 1) * PixelMajorStride(g.channels) <= kPixelMajorMaxFloats && 4 * g.num_points >= g.num_pixels;
 }
 
 // An 8 x 8 transpose of floats: rows become columns.
@@ -1717,47 +1722,63 @@ inline void PixelMajorPlanes(const float* planes, int64_t channels, int64_t num_
   }
 }
 
-// Points [begin, end) of one sample from its pixel-major copy.
-template <int kNdim, Padding kPad>
-void NearestPixelMajor(const float* pixels, const float* grid, float* out, int64_t begin, int64_t end,
-                       const Geometry& g, const Axis* axis_list) {
+// Points [begin, end) of one sample from its pixel-major copy, which ends
+// with a pixel of zeros (at index num_pixels) that outside taps read.
+template <typename Family, int kNdim, Padding kPad>
+void InterpolatePixelMajor(const float* pixels, const float* grid, float* out, int64_t begin, int64_t end,
+                           const Geometry& g, const Axis* axis_list) {
   Axis axes[kNdim];  // a local copy, as in InterpolateDirect
   std::copy(axis_list, axis_list + kNdim, axes);
+  constexpr int kTaps = Power(Family::kTaps, kNdim);
   const PixelStrides<kNdim> strides(axes);
   const int64_t stride = PixelMajorStride(g.channels);
+  const Index<float> zero_pixel = Index<float>{} + static_cast<int32_t>(g.num_pixels);
   // Blocks of 64 points, 8 channels at a time: the 8 output rows then take
   // 256 contiguous bytes each, where 8 points at all channels would write a
-  // line in each of C rows, and rows a power of two apart share a cache set.
+  // line in each of C rows, and rows a power of two apart share a cache set
+  // (4 x 32 x 64^2: 0.26 ms, against 0.15 ms in blocks).
   constexpr int kBlock = 64;
-  LaneTapsFor<float, Nearest, kNdim> lanes;
+  LaneTapsFor<float, Family, kNdim> lanes;
+  alignas(32) uint32_t read[kTaps][kBlock];
+  alignas(32) float weight[kTaps][kBlock];
   for (int64_t first = begin; first < end; first += kBlock) {
     const int block = static_cast<int>(std::min<int64_t>(kBlock, end - first));
-    alignas(32) uint32_t read[kBlock];
-    alignas(32) int32_t inside[kBlock];
     for (int b = 0; b < block; b += 8) {
       const int count = std::min(8, block - b);
       PrefetchGrid(grid, first + b, kNdim);
-      // Lanes past count hold the tap of grid value 0: inside, never stored.
-      ComputeLaneTaps<float, Nearest, kNdim, kPad, false>(grid + (first + b) * kNdim, count, axes, strides, &lanes);
-      Store(reinterpret_cast<int32_t*>(read + b), lanes.read[0]);
-      Store(inside + b, lanes.inside[0]);
+      // Lanes past count hold the taps of grid value 0: inside, never stored.
+      ComputeLaneTaps<float, Family, kNdim, kPad, false>(grid + (first + b) * kNdim, count, axes, strides, &lanes);
+      for (int t = 0; t < kTaps; ++t) {
+        Store(reinterpret_cast<int32_t*>(read[t] + b), lanes.inside[t] ? lanes.read[t] : zero_pixel);
+        if constexpr (kTaps > 1) Store(weight[t] + b, lanes.weight[t]);
+      }
     }
     for (int64_t c0 = 0; c0 < g.channels; c0 += 8) {
       const int channels = static_cast<int>(std::min<int64_t>(8, g.channels - c0));
       for (int b = 0; b < block; b += 8) {
         const int count = std::min(8, block - b);
-        __m256 r[8];  // r[i]: channels c0 .. c0 + 7 of point b + i (read is 0 outside: masked below)
-        for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(pixels + size_t{read[b + i]} * stride + c0);
+        __m256 r[8];  // r[i]: channels c0 .. c0 + 7 of point b + i
+        for (int i = 0; i < 8; ++i) {
+          const auto tap = [&](int t) { return _mm256_loadu_ps(pixels + size_t{read[t][b + i]} * stride + c0); };
+          if constexpr (kTaps == 1) {
+            r[i] = tap(0);
+          } else {
+            // The sum of InterpolateDirect, in its order.
+            __m256 sum = _mm256_setzero_ps();
+            for (int t = 0; t < kTaps; ++t) {
+              sum = _mm256_add_ps(sum, _mm256_mul_ps(_mm256_set1_ps(weight[t][b + i]), tap(t)));
+            }
+            r[i] = sum;
+          }
+        }
         Transpose8(r);  // r[k]: channel c0 + k of the 8 points
-        const __m256 mask = _mm256_load_ps(reinterpret_cast<const float*>(inside + b));
         for (int k = 0; k < channels; ++k) {
-          const __m256 value = kEveryTapInside<Nearest, kPad> ? r[k] : _mm256_and_ps(r[k], mask);
           float* row = out + (c0 + k) * g.num_points + first + b;
           if (count == 8) {
-            _mm256_storeu_ps(row, value);
+            _mm256_storeu_ps(row, r[k]);
           } else {
             alignas(32) float values[8];
-            _mm256_store_ps(values, value);
+            _mm256_store_ps(values, r[k]);
             std::copy(values, values + count, row);
           }
         }
@@ -1885,11 +1906,12 @@ void Forward(ffi::ThreadPool& pool, const T* values, const T* grid, T* out, cons
       return;
     }
   }
-  if constexpr (std::is_same_v<T, float> && std::is_same_v<Family, Nearest>) {
-    if (PixelMajorNearest(g)) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (PixelMajorForward<Family>(g)) {
       const int64_t stride = PixelMajorStride(g.channels);
       const int64_t threads = pool.num_threads();
-      const int64_t sample_pixels = g.num_pixels * stride;
+      const int64_t sample_pixels = (g.num_pixels + 1) * stride;  // and a pixel of zeros
+      const auto zero_pixel = [&](float* pixels) { std::fill_n(pixels + g.num_pixels * stride, stride, 0.0f); };
       if (g.num_batch < threads && g.num_batch * sample_pixels <= kPixelMajorMaxFloats) {
         // Fewer samples than threads: the threads copy the batch together,
         // into the caller's scratch (its thread waits in ParallelFor until
@@ -1898,6 +1920,7 @@ void Forward(ffi::ThreadPool& pool, const T* values, const T* grid, T* out, cons
         shared.pixels.resize(std::max<size_t>(shared.pixels.size(), g.num_batch * sample_pixels));
         shared.call = -1;
         float* pixels = shared.pixels.data();
+        for (int64_t n = 0; n < g.num_batch; ++n) zero_pixel(pixels + n * sample_pixels);
         constexpr int64_t kCopyPixels = 4096;  // a multiple of PixelMajorPlanes' tile
         const int64_t copy_units = (g.num_pixels + kCopyPixels - 1) / kCopyPixels;
         ParallelFor(pool, g.num_batch * copy_units, WorkOf(g, Block::kTaps), [&](int64_t unit) {
@@ -1909,9 +1932,9 @@ void Forward(ffi::ThreadPool& pool, const T* values, const T* grid, T* out, cons
         ParallelFor(pool, g.num_batch * units_per_sample, WorkOf(g, Block::kTaps), [&](int64_t unit) {
           const int64_t n = unit / units_per_sample;
           const int64_t begin = (unit % units_per_sample) * per_unit;
-          NearestPixelMajor<kNdim, kPad>(pixels + n * sample_pixels, grid + n * g.num_points * kNdim,
-                                         out + n * sample_out, begin, std::min(g.num_points, begin + per_unit), g,
-                                         axes);
+          InterpolatePixelMajor<Family, kNdim, kPad>(pixels + n * sample_pixels, grid + n * g.num_points * kNdim,
+                                                     out + n * sample_out, begin,
+                                                     std::min(g.num_points, begin + per_unit), g, axes);
         });
         return;
       }
@@ -1922,10 +1945,11 @@ void Forward(ffi::ThreadPool& pool, const T* values, const T* grid, T* out, cons
         InterleavedSample& sample = ThreadInterleavedSample();
         sample.pixels.resize(std::max<size_t>(sample.pixels.size(), sample_pixels));
         PixelMajorPlanes(values + n * sample_values, g.channels, g.num_pixels, 0, g.num_pixels, sample.pixels.data());
+        zero_pixel(sample.pixels.data());
         sample.call = call;
         sample.sample = n;
-        NearestPixelMajor<kNdim, kPad>(sample.pixels.data(), grid + n * g.num_points * kNdim, out + n * sample_out,
-                                       0, g.num_points, g, axes);
+        InterpolatePixelMajor<Family, kNdim, kPad>(sample.pixels.data(), grid + n * g.num_points * kNdim,
+                                                   out + n * sample_out, 0, g.num_points, g, axes);
       });
       return;
     }

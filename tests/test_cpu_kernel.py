@@ -108,17 +108,25 @@ def test_interleaved_forward_gives_the_bits_of_one_channel_at_a_time(padding, ch
 
 
 
-@pytest.mark.parametrize("padding", cases.PADDINGS)
-@pytest.mark.parametrize("ndim,batch,channels", [(2, 1, 3), (2, 3, 9), (2, 2, 17), (3, 1, 8), (3, 3, 5)])
-def test_pixel_major_nearest_gives_the_bits_of_one_channel_at_a_time(padding, ndim, batch, channels):
-  """Nearest float32 with 3 or more channels reads a pixel-major copy of each sample; one channel reads its plane.
+PIXEL_MAJOR_CASES = [  # (mode, ndim, batch, channels): from each family's fewest channels on
+  ("nearest", 2, 1, 3), ("nearest", 2, 3, 9), ("nearest", 3, 1, 8), ("nearest", 3, 3, 17),
+  ("bilinear", 2, 1, 5), ("bilinear", 2, 2, 17), ("bilinear", 3, 3, 6),
+  ("bicubic", 2, 3, 4), ("bicubic", 3, 1, 9),
+]
 
-  Each output is one input value or zero, so the two must agree to the bit,
-  infinite and NaN pixels and non-finite grid values included. Batch 1 copies
-  the sample with all threads, larger batches a sample per thread; channel
-  counts that are not a multiple of 8 leave zero padding in the copy.
+
+@pytest.mark.parametrize("padding", cases.PADDINGS)
+@pytest.mark.parametrize("mode,ndim,batch,channels", PIXEL_MAJOR_CASES)
+def test_pixel_major_forward_gives_the_bits_of_one_channel_at_a_time(padding, mode, ndim, batch, channels):
+  """Float32 with a few channels or more reads a pixel-major copy of each sample; one channel reads its plane.
+
+  The two make the same sums in the same order, so they must agree to the
+  bit: on the hard values, non-finite grid values, and infinite and NaN
+  pixels (which an outside tap must not reach). Batch 1 copies the sample
+  with all threads, larger batches a sample per thread; channel counts that
+  are not a multiple of 8 leave zero padding in the copy.
   """
-  rng = np.random.default_rng(cases.stable_seed("pixel-major", padding, ndim, batch, channels))
+  rng = np.random.default_rng(cases.stable_seed("pixel-major", padding, mode, ndim, batch, channels))
   spatial, num_points = ((23, 41), 1031) if ndim == 2 else ((5, 7, 9), 331)  # odd sizes: tails
   inp = rng.standard_normal((batch, channels) + spatial).astype(np.float32)
   corner = (0,) * ndim
@@ -131,13 +139,14 @@ def test_pixel_major_nearest_gives_the_bits_of_one_channel_at_a_time(padding, nd
                               grid[..., k])
     grid.reshape(batch, -1, ndim)[0, :3] = [[np.nan] + [0.0] * (ndim - 1), [np.inf] * ndim, [-np.inf] * ndim]
     grid = grid.astype(np.float32)
-    sample = jax.jit(lambda i, g, ac=ac: grid_sample(i, g, "nearest", padding, ac, implementation="cpu"))
+    sample = jax.jit(lambda i, g, ac=ac: grid_sample(i, g, mode, padding, ac, implementation="cpu"))
     together = np.asarray(sample(inp, grid))
     alone = np.concatenate([np.asarray(sample(inp[:, c:c + 1], grid)) for c in range(channels)], axis=1)
     np.testing.assert_array_equal(together, alone)
     finite = inp[-1:] if batch > 1 else np.nan_to_num(inp, nan=0.5, posinf=2.0)
-    reference = np.asarray(grid_sample(finite, grid[-1:], "nearest", padding, ac, implementation="xla"))
+    reference = np.asarray(grid_sample(finite, grid[-1:], mode, padding, ac, implementation="xla"))
     cases.assert_close(np.asarray(sample(finite, grid[-1:])), reference, np.float32, what="out")
+
 
 def test_vmap_folds_the_mapped_axis_into_the_batch():
   inp, grid, cotangent, ac = _case(2, "bilinear", "border", np.float64, num_points=37)
