@@ -1484,6 +1484,7 @@ inline bool InterleavedForward(const Geometry& g) {
 // copies each sample it works on once. Kept between calls, as ThreadTable.
 struct InterleavedSample {
   std::vector<float> pixels;
+  std::vector<float> gradients;  // the pixel-major backward's grad_input
   int64_t call = -1;
   int64_t sample = -1;
 };
@@ -1787,6 +1788,133 @@ void InterpolatePixelMajor(const float* pixels, const float* grid, float* out, i
   }
 }
 
+// The pixel-major backward: float32, the families and channel counts of the
+// pixel-major forward, batches of 4 samples or more (whose grid gradient is
+// one channel group, see ChannelGroups). A sample's values are copied as for
+// the forward, and its grad_input is added up pixel-major, 8 channels of a
+// tap at a time, then copied back to planes. The sums are BackwardDirect's,
+// in its order: grad_input per pixel tap by tap for each 8 points, the grid
+// gradient per tap, then per channel. Units are whole samples, so that no two
+// threads add to one pixel.
+
+// planes[c * num_pixels + p] = pixels[p * stride + c] for c < channels.
+inline void PlanesFromPixelMajor(const float* pixels, int64_t channels, int64_t num_pixels, float* planes) {
+  constexpr int64_t kTile = 256;
+  const int64_t stride = PixelMajorStride(channels);
+  const int64_t vector_end = num_pixels / 8 * 8;
+  for (int64_t tile = 0; tile < vector_end; tile += kTile) {
+    const int64_t tile_end = std::min(vector_end, tile + kTile);
+    for (int64_t c0 = 0; c0 < channels; c0 += 8) {
+      const int rows = static_cast<int>(std::min<int64_t>(8, channels - c0));
+      for (int64_t p = tile; p < tile_end; p += 8) {
+        __m256 r[8];  // r[k]: channels c0 .. c0 + 7 of pixel p + k
+        for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(pixels + (p + k) * stride + c0);
+        Transpose8(r);  // r[k]: pixels p .. p + 7 of channel c0 + k
+        for (int k = 0; k < rows; ++k) _mm256_storeu_ps(planes + (c0 + k) * num_pixels + p, r[k]);
+      }
+    }
+  }
+  for (int64_t p = vector_end; p < num_pixels; ++p) {
+    for (int64_t c = 0; c < channels; ++c) planes[c * num_pixels + p] = pixels[p * stride + c];
+  }
+}
+
+// One sample's backward from its pixel-major values (ending with a pixel of
+// zeros) into pixel-major gradients (zeroed, with one more pixel that the
+// outside taps add to and nobody reads); grid_out (num_points, kNdim), x first.
+template <typename Family, int kNdim, Padding kPad>
+void BackwardPixelMajor(const float* pixels, const float* grid, const float* grad_out, float* gradients,
+                        float* grid_out, const Geometry& g, const Axis* axis_list) {
+  Axis axes[kNdim];  // a local copy, as in InterpolateDirect
+  std::copy(axis_list, axis_list + kNdim, axes);
+  constexpr int kTaps = Power(Family::kTaps, kNdim);
+  constexpr bool kSlopes = Family::kHasSlope;
+  const PixelStrides<kNdim> strides(axes);
+  const int64_t stride = PixelMajorStride(g.channels);
+  const Index<float> zero_pixel = Index<float>{} + static_cast<int32_t>(g.num_pixels);
+  constexpr int kBlock = 64;  // as in InterpolatePixelMajor
+  LaneTapsFor<float, Family, kNdim> lanes;
+  alignas(32) uint32_t read[kTaps][kBlock];
+  alignas(32) float weight[kTaps][kBlock];
+  alignas(32) float slope[kSlopes ? kNdim : 1][kSlopes ? kTaps : 1][kBlock];
+  alignas(32) float total[kNdim][kBlock];
+  for (int64_t first = 0; first < g.num_points; first += kBlock) {
+    const int block = static_cast<int>(std::min<int64_t>(kBlock, g.num_points - first));
+    for (int b = 0; b < block; b += 8) {
+      const int count = std::min(8, block - b);
+      PrefetchGrid(grid, first + b, kNdim);
+      ComputeLaneTaps<float, Family, kNdim, kPad, kSlopes>(grid + (first + b) * kNdim, count, axes, strides, &lanes);
+      for (int t = 0; t < kTaps; ++t) {
+        Store(reinterpret_cast<int32_t*>(read[t] + b), lanes.inside[t] ? lanes.read[t] : zero_pixel);
+        Store(weight[t] + b, lanes.weight[t]);
+        if constexpr (kSlopes) {
+          for (int s = 0; s < kNdim; ++s) Store(slope[s][t] + b, lanes.slope[s][t]);
+        }
+      }
+    }
+    if constexpr (kSlopes) {
+      for (int s = 0; s < kNdim; ++s) std::fill(total[s], total[s] + kBlock, 0.0f);
+    }
+    for (int64_t c0 = 0; c0 < g.channels; c0 += 8) {
+      const int channels = static_cast<int>(std::min<int64_t>(8, g.channels - c0));
+      for (int b = 0; b < block; b += 8) {
+        const int count = std::min(8, block - b);
+        __m256 incoming[8];  // incoming[i]: channels c0 .. c0 + 7 of point b + i
+        for (int k = 0; k < 8; ++k) {
+          const float* row = grad_out + (c0 + k) * g.num_points + first + b;
+          if (k >= channels) {
+            incoming[k] = _mm256_setzero_ps();
+          } else if (count == 8) {
+            incoming[k] = _mm256_loadu_ps(row);
+          } else {
+            alignas(32) float part[8] = {};
+            std::copy(row, row + count, part);
+            incoming[k] = _mm256_load_ps(part);
+          }
+        }
+        Transpose8(incoming);
+        // grad_input: tap by tap, 8 points each, as BackwardDirect adds them.
+        for (int t = 0; t < kTaps; ++t) {
+          const __m256 w = _mm256_load_ps(weight[t] + b);
+          for (int i = 0; i < count; ++i) {
+            float* at = gradients + size_t{read[t][b + i]} * stride + c0;
+            const __m256 update = _mm256_mul_ps(_mm256_permutevar8x32_ps(w, _mm256_set1_epi32(i)), incoming[i]);
+            _mm256_storeu_ps(at, _mm256_add_ps(_mm256_loadu_ps(at), update));
+          }
+        }
+        __m256 product[kNdim][8];  // per axis: the derivative times incoming, point-major
+        if constexpr (kSlopes) {
+          for (int i = 0; i < count; ++i) {
+            __m256 derivative[kNdim];
+            for (int s = 0; s < kNdim; ++s) derivative[s] = _mm256_setzero_ps();
+            for (int t = 0; t < kTaps; ++t) {
+              const __m256 value = _mm256_loadu_ps(pixels + size_t{read[t][b + i]} * stride + c0);
+              for (int s = 0; s < kNdim; ++s) {
+                derivative[s] = _mm256_add_ps(derivative[s], _mm256_mul_ps(_mm256_set1_ps(slope[s][t][b + i]), value));
+              }
+            }
+            for (int s = 0; s < kNdim; ++s) product[s][i] = _mm256_mul_ps(derivative[s], incoming[i]);
+          }
+        }
+        if constexpr (kSlopes) {
+          for (int s = 0; s < kNdim; ++s) {
+            for (int i = count; i < 8; ++i) product[s][i] = _mm256_setzero_ps();
+            Transpose8(product[s]);  // product[s][k]: channel c0 + k of the 8 points
+            __m256 sum = _mm256_load_ps(total[s] + b);
+            for (int k = 0; k < channels; ++k) sum = _mm256_add_ps(sum, product[s][k]);
+            _mm256_store_ps(total[s] + b, sum);
+          }
+        }
+      }
+    }
+    if constexpr (kSlopes) {
+      for (int i = 0; i < block; ++i) {
+        for (int s = 0; s < kNdim; ++s) grid_out[(first + i) * kNdim + (kNdim - 1 - s)] = total[s][i];
+      }
+    }
+  }
+}
+
 // The direct channels-first backward, over all points of one sample and
 // channels [c_begin, c_end): as the forward above, each kLanes points' taps
 // (and slopes) stay in registers while every channel scatter-adds its
@@ -2008,6 +2136,29 @@ void Backward(ffi::ThreadPool& pool, const T* values, const T* grid, const T* gr
   const int64_t per_group = (std::max<int64_t>(1, g.channels) + groups - 1) / groups;
   const int64_t channel_units = g.num_batch * groups;
 #ifdef JAXGRIDSAMPLE_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    // One channel group (ChannelGroups), so the grid gradient's sum is the same.
+    if (groups == 1 && PixelMajorForward<Family>(g)) {
+      const int64_t stride = PixelMajorStride(g.channels);
+      const int64_t sample_pixels = (g.num_pixels + 1) * stride;
+      ParallelFor(pool, g.num_batch, WorkOf(g, Block::kTaps), [&](int64_t n) {
+        InterleavedSample& sample = ThreadInterleavedSample();
+        sample.pixels.resize(std::max<size_t>(sample.pixels.size(), sample_pixels));
+        sample.gradients.resize(std::max<size_t>(sample.gradients.size(), sample_pixels));
+        sample.call = -1;
+        if (Family::kHasSlope) {
+          PixelMajorPlanes(values + n * sample_values, g.channels, g.num_pixels, 0, g.num_pixels, sample.pixels.data());
+          std::fill_n(sample.pixels.data() + g.num_pixels * stride, stride, 0.0f);
+        }
+        std::fill_n(sample.gradients.data(), sample_pixels, 0.0f);
+        BackwardPixelMajor<Family, kNdim, kPad>(sample.pixels.data(), grid + n * sample_grid, grad_out + n * sample_out,
+                                                sample.gradients.data(), grad_grid + n * sample_grid, g, axes);
+        PlanesFromPixelMajor(sample.gradients.data(), g.channels, g.num_pixels, grad_values + n * sample_values);
+      });
+      if (!Family::kHasSlope) std::fill(grad_grid, grad_grid + grid_size, T(0));
+      return;
+    }
+  }
   const bool direct = DirectBackward<T>(g, Block::kTaps);
 #else
   const bool direct = false;

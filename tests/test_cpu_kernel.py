@@ -148,6 +148,46 @@ def test_pixel_major_forward_gives_the_bits_of_one_channel_at_a_time(padding, mo
     cases.assert_close(np.asarray(sample(finite, grid[-1:])), reference, np.float32, what="out")
 
 
+
+@pytest.mark.parametrize("padding", cases.PADDINGS)
+@pytest.mark.parametrize("mode,ndim,channels", [("nearest", 2, 9), ("bilinear", 2, 5), ("bilinear", 3, 17),
+                                                ("bicubic", 2, 4), ("bicubic", 3, 9)])
+def test_pixel_major_backward_gives_the_bits_of_one_channel_at_a_time(padding, mode, ndim, channels):
+  """With 4 samples or more the float32 backward also works on pixel-major copies; one channel reads its planes.
+
+  grad_input, channel by channel, must be the same bits. The grid gradient is
+  the channels' terms added in channel order, starting from zero, so it must
+  equal, to the bit, the one-channel grid gradients added up in that order.
+  """
+  rng = np.random.default_rng(cases.stable_seed("pixel-major-backward", padding, mode, ndim, channels))
+  batch = 4
+  spatial, num_points = ((23, 41), 1031) if ndim == 2 else ((5, 7, 9), 331)  # odd sizes: tails
+  inp = rng.standard_normal((batch, channels) + spatial).astype(np.float32)
+  corner = (0,) * ndim
+  inp[(0, 1) + corner], inp[(1, -1) + corner[:-1] + (-1,)] = np.inf, np.nan
+  for ac in (False, True):
+    grid = rng.uniform(-1.3, 1.3, (batch, num_points) + (1,) * (ndim - 1) + (ndim,))
+    for k in range(ndim):
+      hard = rng.random(grid.shape[:-1]) < 0.4
+      grid[..., k] = np.where(hard, rng.choice(cases.hard_values(spatial[ndim - 1 - k], ac), size=grid.shape[:-1]),
+                              grid[..., k])
+    grid.reshape(batch, -1, ndim)[0, :3] = [[np.nan] + [0.0] * (ndim - 1), [np.inf] * ndim, [-np.inf] * ndim]
+    grid = grid.astype(np.float32)
+    cotangent = rng.standard_normal((batch, channels, num_points) + (1,) * (ndim - 1)).astype(np.float32)
+
+    @jax.jit
+    def gradients(i, g, o, ac=ac):
+      _, vjp = jax.vjp(lambda x, y: grid_sample(x, y, mode, padding, ac, implementation="cpu"), i, g)
+      return vjp(o)
+
+    grad_input, grad_grid = (np.asarray(v) for v in gradients(inp, grid, cotangent))
+    alone = [[np.asarray(v) for v in gradients(inp[:, c:c + 1], grid, cotangent[:, c:c + 1])] for c in range(channels)]
+    np.testing.assert_array_equal(grad_input, np.concatenate([parts[0] for parts in alone], axis=1))
+    summed = np.zeros_like(grad_grid)
+    for _, part in alone:
+      summed = summed + part
+    np.testing.assert_array_equal(grad_grid, summed)
+
 def test_vmap_folds_the_mapped_axis_into_the_batch():
   inp, grid, cotangent, ac = _case(2, "bilinear", "border", np.float64, num_points=37)
   stacked_grid = np.stack([grid, grid[::-1], grid * 0.5])
