@@ -108,6 +108,26 @@ def test_interleaved_forward_gives_the_bits_of_one_channel_at_a_time(padding, ch
 
 
 
+def _pixel_major_inputs(rng, ndim, batch, channels):
+  """Inputs for the pixel-major tests: odd sizes (the copy's and the points' tails), an infinite and a NaN
+  pixel in the first sample, and, per align_corners, a grid with hard and non-finite values."""
+  spatial, num_points = ((23, 41), 1031) if ndim == 2 else ((5, 7, 9), 331)
+  inp = rng.standard_normal((batch, channels) + spatial).astype(np.float32)
+  corner = (0,) * ndim
+  inp[(0, 1) + corner], inp[(0, -1) + corner[:-1] + (-1,)] = np.inf, np.nan
+
+  def grid_for(ac):
+    grid = rng.uniform(-1.3, 1.3, (batch, num_points) + (1,) * (ndim - 1) + (ndim,))
+    for k in range(ndim):
+      hard = rng.random(grid.shape[:-1]) < 0.4
+      grid[..., k] = np.where(hard, rng.choice(cases.hard_values(spatial[ndim - 1 - k], ac), size=grid.shape[:-1]),
+                              grid[..., k])
+    grid.reshape(batch, -1, ndim)[0, :3] = [[np.nan] + [0.0] * (ndim - 1), [np.inf] * ndim, [-np.inf] * ndim]
+    return grid.astype(np.float32)
+
+  return inp, grid_for
+
+
 PIXEL_MAJOR_CASES = [  # (mode, ndim, batch, channels): from each family's fewest channels on
   ("nearest", 2, 1, 3), ("nearest", 2, 3, 9), ("nearest", 3, 1, 8), ("nearest", 3, 3, 17),
   ("bilinear", 2, 1, 5), ("bilinear", 2, 2, 17), ("bilinear", 3, 3, 6),
@@ -127,18 +147,9 @@ def test_pixel_major_forward_gives_the_bits_of_one_channel_at_a_time(padding, mo
   are not a multiple of 8 leave zero padding in the copy.
   """
   rng = np.random.default_rng(cases.stable_seed("pixel-major", padding, mode, ndim, batch, channels))
-  spatial, num_points = ((23, 41), 1031) if ndim == 2 else ((5, 7, 9), 331)  # odd sizes: tails
-  inp = rng.standard_normal((batch, channels) + spatial).astype(np.float32)
-  corner = (0,) * ndim
-  inp[(0, 1) + corner], inp[(0, -1) + corner[:-1] + (-1,)] = np.inf, np.nan
+  inp, grid_for = _pixel_major_inputs(rng, ndim, batch, channels)
   for ac in (False, True):
-    grid = rng.uniform(-1.3, 1.3, (batch, num_points) + (1,) * (ndim - 1) + (ndim,))
-    for k in range(ndim):
-      hard = rng.random(grid.shape[:-1]) < 0.4
-      grid[..., k] = np.where(hard, rng.choice(cases.hard_values(spatial[ndim - 1 - k], ac), size=grid.shape[:-1]),
-                              grid[..., k])
-    grid.reshape(batch, -1, ndim)[0, :3] = [[np.nan] + [0.0] * (ndim - 1), [np.inf] * ndim, [-np.inf] * ndim]
-    grid = grid.astype(np.float32)
+    grid = grid_for(ac)
     sample = jax.jit(lambda i, g, ac=ac: grid_sample(i, g, mode, padding, ac, implementation="cpu"))
     together = np.asarray(sample(inp, grid))
     alone = np.concatenate([np.asarray(sample(inp[:, c:c + 1], grid)) for c in range(channels)], axis=1)
@@ -146,7 +157,6 @@ def test_pixel_major_forward_gives_the_bits_of_one_channel_at_a_time(padding, mo
     finite = inp[-1:] if batch > 1 else np.nan_to_num(inp, nan=0.5, posinf=2.0)
     reference = np.asarray(grid_sample(finite, grid[-1:], mode, padding, ac, implementation="xla"))
     cases.assert_close(np.asarray(sample(finite, grid[-1:])), reference, np.float32, what="out")
-
 
 
 @pytest.mark.parametrize("padding", cases.PADDINGS)
@@ -161,19 +171,10 @@ def test_pixel_major_backward_gives_the_bits_of_one_channel_at_a_time(padding, m
   """
   rng = np.random.default_rng(cases.stable_seed("pixel-major-backward", padding, mode, ndim, channels))
   batch = 4
-  spatial, num_points = ((23, 41), 1031) if ndim == 2 else ((5, 7, 9), 331)  # odd sizes: tails
-  inp = rng.standard_normal((batch, channels) + spatial).astype(np.float32)
-  corner = (0,) * ndim
-  inp[(0, 1) + corner], inp[(1, -1) + corner[:-1] + (-1,)] = np.inf, np.nan
+  inp, grid_for = _pixel_major_inputs(rng, ndim, batch, channels)
   for ac in (False, True):
-    grid = rng.uniform(-1.3, 1.3, (batch, num_points) + (1,) * (ndim - 1) + (ndim,))
-    for k in range(ndim):
-      hard = rng.random(grid.shape[:-1]) < 0.4
-      grid[..., k] = np.where(hard, rng.choice(cases.hard_values(spatial[ndim - 1 - k], ac), size=grid.shape[:-1]),
-                              grid[..., k])
-    grid.reshape(batch, -1, ndim)[0, :3] = [[np.nan] + [0.0] * (ndim - 1), [np.inf] * ndim, [-np.inf] * ndim]
-    grid = grid.astype(np.float32)
-    cotangent = rng.standard_normal((batch, channels, num_points) + (1,) * (ndim - 1)).astype(np.float32)
+    grid = grid_for(ac)
+    cotangent = rng.standard_normal((batch, channels) + grid.shape[1:-1]).astype(np.float32)
 
     @jax.jit
     def gradients(i, g, o, ac=ac):
