@@ -1960,6 +1960,11 @@ void BackwardDirect(const T* values, const T* grid, const T* grad_out, T* grad_v
       const T* plane = values + c * g.num_pixels;
       T* grad_plane = grad_values + c * g.num_pixels;
       const T* row = grad_out + c * g.num_points + b;
+      // Asks for the incoming gradient 8 lane groups ahead: as with the grid
+      // (PrefetchGrid), the hardware prefetcher lost these streams among the
+      // random reads and writes (perf put 40% of a 4 x 3 x 384^2 backward on
+      // this load); same process, that backward 20.1 -> 16.3 ms.
+      __builtin_prefetch(row + 8 * kLanes);
       const Vec<T> incoming = count == kLanes ? LoadVec(row) : LoadStrided(row, 1, count);
       Vec<T> derivative[kNdim] = {};
       for (int t0 = 0; t0 < kTaps; t0 += kStep) {
