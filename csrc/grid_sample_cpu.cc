@@ -1723,6 +1723,14 @@ inline void PixelMajorPlanes(const float* planes, int64_t channels, int64_t num_
   }
 }
 
+// A whole sample's pixel-major copy, and after it the pixel of zeros that
+// outside taps read.
+inline void PixelMajorSample(const float* planes, int64_t channels, int64_t num_pixels, float* pixels) {
+  PixelMajorPlanes(planes, channels, num_pixels, 0, num_pixels, pixels);
+  const int64_t stride = PixelMajorStride(channels);
+  std::fill_n(pixels + num_pixels * stride, stride, 0.0f);
+}
+
 // Points [begin, end) of one sample from its pixel-major copy, which ends
 // with a pixel of zeros (at index num_pixels) that outside taps read.
 template <typename Family, int kNdim, Padding kPad>
@@ -2077,8 +2085,7 @@ void Forward(ffi::ThreadPool& pool, const T* values, const T* grid, T* out, cons
       ParallelFor(pool, g.num_batch, WorkOf(g, Block::kTaps), [&](int64_t n) {
         InterleavedSample& sample = ThreadInterleavedSample();
         sample.pixels.resize(std::max<size_t>(sample.pixels.size(), sample_pixels));
-        PixelMajorPlanes(values + n * sample_values, g.channels, g.num_pixels, 0, g.num_pixels, sample.pixels.data());
-        zero_pixel(sample.pixels.data());
+        PixelMajorSample(values + n * sample_values, g.channels, g.num_pixels, sample.pixels.data());
         sample.call = call;
         sample.sample = n;
         InterpolatePixelMajor<Family, kNdim, kPad>(sample.pixels.data(), grid + n * g.num_points * kNdim,
@@ -2152,8 +2159,7 @@ void Backward(ffi::ThreadPool& pool, const T* values, const T* grid, const T* gr
         sample.gradients.resize(std::max<size_t>(sample.gradients.size(), sample_pixels));
         sample.call = -1;
         if (Family::kHasSlope) {
-          PixelMajorPlanes(values + n * sample_values, g.channels, g.num_pixels, 0, g.num_pixels, sample.pixels.data());
-          std::fill_n(sample.pixels.data() + g.num_pixels * stride, stride, 0.0f);
+          PixelMajorSample(values + n * sample_values, g.channels, g.num_pixels, sample.pixels.data());
         }
         std::fill_n(sample.gradients.data(), sample_pixels, 0.0f);
         BackwardPixelMajor<Family, kNdim, kPad>(sample.pixels.data(), grid + n * sample_grid, grad_out + n * sample_out,
