@@ -1523,13 +1523,13 @@ inline const Processor& ThisProcessor() {
 
 // Whether a copy of copy_bytes per sample pays, for planes of plane_bytes and
 // an output of out_bytes per sample. On Intel, not where the planes fit in L2
-// while the copy and the output written from it do not: there the copy's
-// lines were evicted by the output's before the points had read them. Two
-// threads, copy against planes (PyTorch's kernel): 4 x 3 x 384^2 bilinear
-// 2.6 against 2.0 ms (1.9); 8 x 32 x 96^2 2.6 against 2.1 (2.0); but where
-// both fit, 4 x 16 x 96^2 0.36 against 0.50 (0.44), 16 x 32 x 64^2 0.91
-// against 1.51 (1.41); and where the planes do not fit either, 4 x 16 x 256^2
-// 5.4 against 8.9 (9.0).
+// while the copy and the output written from it do not (presumably the
+// output's lines evict the copy's before the points have read them). Two
+// threads, copy against planes (PyTorch's kernel): bilinear 4 x 3 x 384^2
+// 2.6 against 2.0 ms (1.9), 8 x 32 x 96^2 2.6 against 2.1 (2.0); nearest
+// 4 x 3 x 256^2 0.94 against 0.45 (0.23). But where both fit, 4 x 16 x 96^2
+// 0.36 against 0.50 (0.44) and 16 x 32 x 64^2 0.91 against 1.51 (1.41); and
+// where the planes do not fit either, 4 x 16 x 256^2 5.4 against 8.9 (9.0).
 inline bool CopyPays(int64_t plane_bytes, int64_t copy_bytes, int64_t out_bytes) {
   const Processor& cpu = ThisProcessor();
   return !(cpu.intel && plane_bytes <= cpu.l2_bytes && copy_bytes + out_bytes > cpu.l2_bytes);
@@ -1741,12 +1741,9 @@ inline bool PixelMajorForward(const Geometry& g) {
 }
 
 // Whether the forward copies (the backward keys on PixelMajorForward alone).
-// Nearest and bicubic copied to advantage on Intel too, so only bilinear asks
-// CopyPays.
 template <typename Family>
 inline bool PixelMajorForwardCopies(const Geometry& g) {
-  if (!PixelMajorForward<Family>(g)) return false;
-  return !std::is_same_v<Family, Linear> ||
+  return PixelMajorForward<Family>(g) &&
          CopyPays(g.channels * g.num_pixels * int64_t{sizeof(float)},
                   (g.num_pixels + 1) * PixelMajorStride(g.channels) * int64_t{sizeof(float)},
                   g.channels * g.num_points * int64_t{sizeof(float)});
