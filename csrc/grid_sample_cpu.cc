@@ -2092,16 +2092,18 @@ void BackwardDirect(const T* values, const T* grid, const T* grad_out, T* grad_v
 #endif
 
 // On Intel (see Processor) the table pass beat the direct one for bilinear
-// 2-D with many channels, where each channel plane is swept over a block of
-// points while it is in cache. Two threads (PyTorch's kernel): 16 x 16 x 128^2
-// -> 32^2 reflection 0.71 -> 0.58 ms (0.84), 8 x 32 x 128^2 -> 32^2 border
-// 0.78 -> 0.56 (1.02); level for 4 x 16 x 128^2 -> 64^2, 8 x 32 x 96^2 and
-// 8 x 64 x 64^2. On AMD the direct pass was the faster one (downsampling
+// 2-D downsampling with many channels, where each channel plane is swept over
+// a block of points while it is in cache. Two threads (PyTorch's kernel):
+// 16 x 16 x 128^2 -> 32^2 reflection 0.71 -> 0.58 ms (0.84), 8 x 32 x 128^2
+// -> 32^2 border 0.78 -> 0.56 (1.02); level for 4 x 16 x 128^2 -> 64^2. With
+// as many points as pixels the table was slower (4 x 16 x 128^2 -> 256^2
+// 2.7 -> 3.3 ms). On AMD the direct pass was the faster one (downsampling
 // 0.89 -> 0.41 of torch's time when it replaced the table).
 #ifdef JAXGRIDSAMPLE_AVX2
 template <typename Family, int kNdim>
 inline bool IntelTableForward(const Geometry& g) {
-  return std::is_same_v<Family, Linear> && kNdim == 2 && g.channels >= 16 && ThisProcessor().intel;
+  return std::is_same_v<Family, Linear> && kNdim == 2 && g.channels >= 16 && 4 * g.num_points < g.num_pixels &&
+         ThisProcessor().intel;
 }
 #endif
 
