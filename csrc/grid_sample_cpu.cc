@@ -2122,7 +2122,7 @@ void Forward(ffi::ThreadPool& pool, const T* values, const T* grid, T* out, cons
       // were copied by each thread that had a part (4 x 3 x 256^2, two
       // threads: 0.80 against 0.90 ms). Otherwise a split evens the load
       // (3 x 3 x 256^2: 0.71 split against 0.75 ms whole).
-      const bool whole_samples = g.num_batch % pool.num_threads() == 0;
+      const bool whole_samples = g.num_batch % std::max<int64_t>(1, pool.num_threads()) == 0;
       const int64_t unit_points = whole_samples ? g.num_points : per_unit;
       const int64_t sample_units = whole_samples ? 1 : units_per_sample;
       ParallelFor(pool, g.num_batch * sample_units, WorkOf(g, Block::kTaps), [&](int64_t unit) {
