@@ -833,12 +833,31 @@ void InterpolateBlock(const Table& block, const T* values, T* out, int64_t first
   const bool runs_fit = g.num_pixels >= kRun;  // ReadRun's condition
 #endif
   if (!g.channels_last) {
+#ifdef JAXGRIDSAMPLE_AVX2
+    // Bilinear 2-D: while a channel is swept, the next channel's plane is
+    // asked into L2, a few lines per lane group, where the block reads most
+    // of its lines (two rows per point, as many lines as rows or fewer). Its
+    // random reads then hit L2 instead of waiting on L3, whose lines came in
+    // a few at a time. 16 x 16 x 128^2 -> 32^2 reflection, two threads, back
+    // to back: 0.43 -> 0.36 ms (PyTorch's kernel 0.48). Nearest, which reads
+    // one row, ran slower so (16 x 16 x 128^2 -> 32^2: 0.26 -> 0.33 ms).
+    const int64_t plane_lines = g.num_pixels * int64_t{sizeof(T)} / 64;
+    const bool prefetch = kTaps == 4 && Table::kNdim == 2 && plane_lines <= 2 * int64_t{n};
+#endif
     for (int64_t c = 0; c < g.channels; ++c) {
       const T* plane = values + c * g.num_pixels;
       T* row = out + c * g.num_points + first;
       int b = 0;
 #ifdef JAXGRIDSAMPLE_AVX2
+      const char* next_plane = c + 1 < g.channels && prefetch ? reinterpret_cast<const char*>(plane + g.num_pixels)
+                                                              : nullptr;
       for (; b + Table::kLanes <= n; b += Table::kLanes) {
+        if (next_plane != nullptr) {
+          // Lines [plane_lines * b / n, plane_lines * (b + kLanes) / n).
+          for (int64_t line = plane_lines * b / n; line < plane_lines * (b + Table::kLanes) / n; ++line) {
+            __builtin_prefetch(next_plane + line * 64, 0, 2);
+          }
+        }
         Vec<T> sum{};
         if constexpr (kRun > 0) {
           const auto offset_of = [&](int t) {
