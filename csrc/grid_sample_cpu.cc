@@ -1482,7 +1482,7 @@ void InterpolateDirect(const T* values, const T* grid, T* out, int64_t begin, in
   // ReadRun's condition. On Intel (see Processor) one channel's linear taps
   // read faster with gathers: 4 x 1 x 256^2, one thread, 0.46 -> 0.43 ms;
   // 1 x 1 x 96^3 trilinear 22 -> 20 ms. (Bilinear 2-D float32 with one
-  // channel takes InterpolateOneChannelBilinear there.)
+  // channel takes InterpolateOneChannel there.)
   const bool runs_fit = g.num_pixels >= kRun && !(kRun == 2 && g.channels == 1 && ThisProcessor().intel);
   const PixelStrides<kNdim> strides(axes);
   // Bilinear is software-pipelined: the taps of the next kLanes points are
@@ -1552,27 +1552,35 @@ void InterpolateDirect(const T* values, const T* grid, T* out, int64_t begin, in
   }
 }
 
-// Bilinear 2-D, float32, one channel, on Intel: the direct pass cut down to
-// what one channel needs. The taps' weights, masks and offsets stay in
-// registers (no LaneTaps, no pipelining); the inside tests compare the
-// integer tap index, unsigned, with the axis size (floor() of NaN, of an
-// infinity or of a coordinate beyond 2^31 converts to INT_MIN, which fails
-// them, as the floating-point tests do); and the four reads are gathers
-// masked by those tests. The same sums in the same order as
-// InterpolateDirect, so the same bits. One thread: 4 x 1 x 256^2 zeros
-// 0.46 -> 0.37 ms; 4 x 1 x 512^2 2.4 -> 1.8 ms; 2 x 1 x 1024^2 7.7 -> 6.3 ms
-// (with PrefetchGrid; without it 20 ms). For three channels the direct pass,
-// whose pipelined runs of loads hide more of the planes' misses, stayed
-// faster (4 x 3 x 384^2 border: 3.3 against 3.6 ms).
+// Bilinear and nearest 2-D, float32, one channel, on Intel: the direct pass
+// cut down to what one channel needs. The taps' weights, masks and offsets
+// stay in registers (no LaneTaps, no pipelining); the inside tests compare
+// the integer tap index, unsigned, with the axis size (a NaN, an infinity or
+// a coordinate beyond 2^31 converts to INT_MIN, which fails them, as the
+// floating-point tests do); and the reads are gathers masked by those tests.
+// The same sums in the same order as InterpolateDirect, so the same bits.
+// One thread, bilinear: 4 x 1 x 256^2 zeros 0.46 -> 0.37 ms; 4 x 1 x 512^2
+// 2.4 -> 1.8 ms; 2 x 1 x 1024^2 7.7 -> 6.3 ms (with PrefetchGrid; without it
+// 20 ms). For three channels the direct pass, whose pipelined runs of loads
+// hide more of the planes' misses, stayed faster (4 x 3 x 384^2 border: 3.3
+// against 3.6 ms).
 #ifdef JAXGRIDSAMPLE_AVX2
-template <Padding kPad>
-void InterpolateOneChannelBilinear(const float* plane, const float* grid, float* out, int64_t begin, int64_t end,
-                                   const Axis* axis_list) {
+template <typename Family, Padding kPad>
+void InterpolateOneChannel(const float* plane, const float* grid, float* out, int64_t begin, int64_t end,
+                           const Axis* axis_list) {
+  static_assert(std::is_same_v<Family, Linear> || std::is_same_v<Family, Nearest>);
   typedef uint32_t Unsigned __attribute__((vector_size(32)));
   constexpr int kLanes = Simd<float>::kLanes;
   const Axis axes[2] = {axis_list[0], axis_list[1]};  // local: see InterpolateDirect
   const uint32_t height = static_cast<uint32_t>(axes[0].size);
   const uint32_t width = static_cast<uint32_t>(axes[1].size);
+  const auto index_of = [](Vec<float> position) {  // position is integer-valued
+    return reinterpret_cast<Unsigned>(_mm256_cvttps_epi32(reinterpret_cast<__m256>(position)));
+  };
+  const auto gather = [&](Unsigned offset, Mask<float> inside) {
+    return reinterpret_cast<Vec<float>>(_mm256_mask_i32gather_ps(
+        _mm256_setzero_ps(), plane, reinterpret_cast<__m256i>(offset), reinterpret_cast<__m256>(inside), 4));
+  };
   for (int64_t b = begin; b < end; b += kLanes) {
     const int count = static_cast<int>(std::min<int64_t>(kLanes, end - b));
     PrefetchGrid(grid, b, 2);
@@ -1587,24 +1595,26 @@ void InterpolateOneChannelBilinear(const float* plane, const float* grid, float*
     Vec<float> multiplier;
     const Vec<float> py = PaddedCoordinate<float, kPad, 2>(gy, axes[0], &finite, &multiplier);
     const Vec<float> px = PaddedCoordinate<float, kPad, 2>(gx, axes[1], &finite, &multiplier);
-    const Vec<float> north = Floor<float>(py), west = Floor<float>(px);
-    const Vec<float> ty = py - north, tx = px - west;
-    const Vec<float> wy[2] = {1.0f - ty, ty}, wx[2] = {1.0f - tx, tx};
-    const Unsigned row = reinterpret_cast<Unsigned>(_mm256_cvttps_epi32(reinterpret_cast<__m256>(north)));
-    const Unsigned column = reinterpret_cast<Unsigned>(_mm256_cvttps_epi32(reinterpret_cast<__m256>(west)));
-    const Mask<float> row_inside[2] = {reinterpret_cast<Mask<float>>(row < height),
-                                       reinterpret_cast<Mask<float>>(row + 1 < height)};
-    const Mask<float> column_inside[2] = {reinterpret_cast<Mask<float>>(column < width),
-                                          reinterpret_cast<Mask<float>>(column + 1 < width)};
-    const Unsigned flat = row * width + column;  // wraps where outside; never read there
-    Vec<float> sum{};
-    for (int dy = 0; dy < 2; ++dy) {
-      for (int dx = 0; dx < 2; ++dx) {
-        const Mask<float> inside = row_inside[dy] & column_inside[dx];
-        const Unsigned offset = flat + (dy * width + dx);
-        const __m256 value = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), plane, reinterpret_cast<__m256i>(offset),
-                                                      reinterpret_cast<__m256>(inside), 4);
-        sum += Select<float>(inside, wy[dy] * wx[dx], Vec<float>{}) * reinterpret_cast<Vec<float>>(value);
+    Vec<float> sum;
+    if constexpr (std::is_same_v<Family, Nearest>) {
+      const Unsigned row = index_of(RoundHalfEven<float>(py)), column = index_of(RoundHalfEven<float>(px));
+      sum = gather(row * width + column, reinterpret_cast<Mask<float>>((row < height) & (column < width)));
+    } else {
+      const Vec<float> north = Floor<float>(py), west = Floor<float>(px);
+      const Vec<float> ty = py - north, tx = px - west;
+      const Vec<float> wy[2] = {1.0f - ty, ty}, wx[2] = {1.0f - tx, tx};
+      const Unsigned row = index_of(north), column = index_of(west);
+      const Mask<float> row_inside[2] = {reinterpret_cast<Mask<float>>(row < height),
+                                         reinterpret_cast<Mask<float>>(row + 1 < height)};
+      const Mask<float> column_inside[2] = {reinterpret_cast<Mask<float>>(column < width),
+                                            reinterpret_cast<Mask<float>>(column + 1 < width)};
+      const Unsigned flat = row * width + column;  // wraps where outside; never read there
+      sum = Vec<float>{};
+      for (int dy = 0; dy < 2; ++dy) {
+        for (int dx = 0; dx < 2; ++dx) {
+          const Mask<float> inside = row_inside[dy] & column_inside[dx];
+          sum += Select<float>(inside, wy[dy] * wx[dx], Vec<float>{}) * gather(flat + (dy * width + dx), inside);
+        }
       }
     }
     if (count == kLanes) {
@@ -2310,9 +2320,9 @@ void Forward(ffi::ThreadPool& pool, const T* values, const T* grid, T* out, cons
     const int64_t begin = (unit % units_per_sample) * per_unit;
     const int64_t end = std::min(g.num_points, begin + per_unit);
 #ifdef JAXGRIDSAMPLE_AVX2
-    if constexpr (std::is_same_v<T, float> && std::is_same_v<Family, Linear> && kNdim == 2) {
+    if constexpr (std::is_same_v<T, float> && !std::is_same_v<Family, Cubic> && kNdim == 2) {
       if (g.channels == 1 && !g.channels_last && ThisProcessor().intel) {
-        InterpolateOneChannelBilinear<kPad>(values + n * sample_values, grid + n * g.num_points * 2,
+        InterpolateOneChannel<Family, kPad>(values + n * sample_values, grid + n * g.num_points * 2,
                                             out + n * sample_out, begin, end, axes);
         return;
       }
