@@ -2209,16 +2209,20 @@ void BackwardDirect(const T* values, const T* grid, const T* grad_out, T* grad_v
 
 // On Intel (see Processor) the table pass beat the direct one for bilinear
 // 2-D downsampling with many channels, where each channel plane is swept over
-// a block of points while it is in cache. Two threads (PyTorch's kernel):
-// 16 x 16 x 128^2 -> 32^2 reflection 0.71 -> 0.58 ms (0.84), 8 x 32 x 128^2
-// -> 32^2 border 0.78 -> 0.56 (1.02); level for 4 x 16 x 128^2 -> 64^2. With
-// as many points as pixels the table was slower (4 x 16 x 128^2 -> 256^2
-// 2.7 -> 3.3 ms). On AMD the direct pass was the faster one (downsampling
-// 0.89 -> 0.41 of torch's time when it replaced the table).
+// a block of points while it is in cache (and, since, the next plane is
+// prefetched). Two threads (PyTorch's kernel): 16 x 16 x 128^2 -> 32^2
+// reflection 0.71 -> 0.58 ms (0.84), 8 x 32 x 128^2 -> 32^2 border 0.78 ->
+// 0.56 (1.02); 4 x 16 x 128^2 -> 64^2 level (0.22). With as many points as
+// pixels the table was slower at 16 channels (4 x 16 x 128^2 -> 128^2 0.79
+// -> 0.96 ms, -> 256^2 2.7 -> 3.3 ms), but faster from 32 on: 8 x 32 x 96^2
+// 2.0 -> 1.8 ms (2.1), 4 x 32 x 128^2 2.15 -> 1.85 (2.3), 4 x 32 x 128^2 ->
+// 90^2 1.15 -> 0.86 (1.15). On AMD the direct pass was the faster one
+// (downsampling 0.89 -> 0.41 of torch's time when it replaced the table).
 #ifdef JAXGRIDSAMPLE_AVX2
 template <typename Family, int kNdim>
 inline bool IntelTableForward(const Geometry& g) {
-  return std::is_same_v<Family, Linear> && kNdim == 2 && g.channels >= 16 && 4 * g.num_points < g.num_pixels &&
+  const bool downsampling = 4 * g.num_points <= g.num_pixels;
+  return std::is_same_v<Family, Linear> && kNdim == 2 && (g.channels >= 32 || (g.channels >= 16 && downsampling)) &&
          ThisProcessor().intel;
 }
 #endif
