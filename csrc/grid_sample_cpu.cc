@@ -90,6 +90,11 @@ struct Simd {
   typedef int32_t Index __attribute__((vector_size(4 * kLanes)));  // pixel offsets
 };
 
+// Eight pixel offsets as unsigned values, where a negative one compares as
+// huge (the offsets of taps outside, and the index INT_MIN that a float
+// beyond int32 converts to).
+typedef uint32_t UnsignedIndex __attribute__((vector_size(32)));
+
 template <typename T>
 using Vec = typename Simd<T>::Vec;
 template <typename T>
@@ -755,8 +760,7 @@ inline void ReadRun(const float* plane, Index<float> read, Index<float> inside, 
   // Unsigned (the masked offsets are never negative): an offset then takes
   // one extract, zero-extended for free, instead of extract, sign-extend and
   // shift.
-  typedef uint32_t Unsigned __attribute__((vector_size(32)));
-  const Unsigned at = reinterpret_cast<Unsigned>(read);
+  const UnsignedIndex at = reinterpret_cast<UnsignedIndex>(read);
   __m256 v[kRun];
   if constexpr (kRun == 2) {
     auto two = [&](int i) {  // the pairs at at[i] and at[i + 1]
@@ -801,8 +805,7 @@ inline bool RunsAgree(const OffsetOf& offset_of) {
       bad |= (inside & (offset != first + k)) | (~inside & (offset >= 0));
     }
   }
-  const __m256i bits = reinterpret_cast<__m256i>(bad);
-  return _mm256_testz_si256(bits, bits);
+  return !AnyLane<float>(bad);
 }
 
 // RunsAgree for taps in registers. With adjacent taps a run disagrees only
@@ -811,8 +814,7 @@ inline bool RunsAgree(const OffsetOf& offset_of) {
 template <typename T, typename Family, Padding kPad, int kRun, int kTaps, typename Lanes>
 inline bool LaneRunsAgree(const Lanes& lanes) {
   if constexpr (Family::template kAdjacentTaps<kPad>) {
-    const __m256i bits = reinterpret_cast<__m256i>(lanes.split_x);
-    return _mm256_testz_si256(bits, bits);
+    return !AnyLane<T>(lanes.split_x);
   } else {
     return RunsAgree<kRun, kTaps>([&](int t) { return lanes.offset[t]; });
   }
@@ -1589,7 +1591,7 @@ template <typename Family, Padding kPad>
 void InterpolateOneChannel(const float* plane, const float* grid, float* out, int64_t begin, int64_t end,
                            const Axis* axis_list) {
   static_assert(std::is_same_v<Family, Linear> || std::is_same_v<Family, Nearest>);
-  typedef uint32_t Unsigned __attribute__((vector_size(32)));
+  using Unsigned = UnsignedIndex;
   constexpr int kLanes = Simd<float>::kLanes;
   const Axis axes[2] = {axis_list[0], axis_list[1]};  // local: see InterpolateDirect
   const uint32_t height = static_cast<uint32_t>(axes[0].size);
