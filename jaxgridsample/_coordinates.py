@@ -120,6 +120,18 @@ def clip_with_multiplier(p, size: int):
   return clipped, multiplier
 
 
+def _divided(x, divisor: float):
+  """``x / divisor`` rounded once, as PyTorch's division is.
+
+  XLA rewrites a division by a scalar into a multiplication by its reciprocal,
+  which rounds twice: far outside a wide image (x = -1e6, 731 pixels) the
+  quotient then came out an ulp or two off, and the floor of it, the number
+  of flips, one less. Behind an optimisation barrier the divisor is an array
+  XLA cannot see through, so it divides.
+  """
+  return x / jax.lax.optimization_barrier(jnp.full(x.shape, divisor, x.dtype))
+
+
 def reflect_with_multiplier(p, size: int, align_corners: bool, spatial_rank: int):
   """Reflects ``p`` into the reflection interval; returns ``(p', dp'/dp)``.
 
@@ -140,8 +152,16 @@ def reflect_with_multiplier(p, size: int, align_corners: bool, spatial_rank: int
   if spatial_rank == 2:
     # The vectorised kernel folds by the double span and reflects once more
     # if the remainder lies in the far half.
+    # It computes distance - flips * twice_span in one fma: the exact value is
+    # the remainder, less twice_span where the quotient rounded up to an
+    # integer (so that flips counts one more fold than there is), and both
+    # are floats, which the fma returns exactly. (While the quotient is below
+    # 2**24 in float32, |g| below about 6.7e7; the CPU kernel has an fma.)
     twice_span = jnp.asarray(2 * span, dtype)
-    extra = distance - jnp.trunc(distance / twice_span) * twice_span
+    quotient = _divided(distance, 2 * span)
+    remainder = jnp.fmod(distance, twice_span)
+    rounded_up = (quotient == jnp.trunc(quotient)) & (remainder > span)
+    extra = jnp.where(rounded_up, remainder - twice_span, remainder)
     reflected = twice_span - extra
     one_more_flip = extra > reflected
     folded = jnp.where(one_more_flip, reflected, extra)
@@ -150,7 +170,7 @@ def reflect_with_multiplier(p, size: int, align_corners: bool, spatial_rank: int
     # The scalar kernel counts single flips and keeps the fmod remainder.
     span_arr = jnp.asarray(span, dtype)
     extra = jnp.fmod(distance, span_arr)
-    odd_flips = jnp.fmod(jnp.floor(distance / span_arr), 2) == 1
+    odd_flips = jnp.fmod(jnp.floor(_divided(distance, span)), 2) == 1
     folded = jnp.where(odd_flips, span_arr - extra, extra)
     multiplier = jnp.where(odd_flips, -sign, sign)
   return folded + jnp.asarray(low, dtype), multiplier
