@@ -1668,6 +1668,13 @@ void InterpolateOneChannel(const float* plane, const float* grid, float* out, in
 constexpr int kPixelFloats = 4;
 constexpr int64_t kInterleavedMaxPixels = int64_t{1} << 20;  // a scratch of at most 16 MiB per thread
 
+// Whether this is an Intel processor and a sample's planes (plane_bytes)
+// fit in its L2: where the rules below read the planes instead of a copy.
+inline bool IntelPlanesInL2(int64_t plane_bytes) {
+  const Processor& cpu = ThisProcessor();
+  return cpu.intel && plane_bytes <= cpu.l2_bytes;
+}
+
 // Whether a copy of copy_bytes per sample pays, for planes of plane_bytes and
 // an output of out_bytes per sample. On Intel, not where the planes fit in L2
 // while the copy and the output written from it do not (presumably the
@@ -1678,8 +1685,7 @@ constexpr int64_t kInterleavedMaxPixels = int64_t{1} << 20;  // a scratch of at 
 // 0.36 against 0.50 (0.44) and 16 x 32 x 64^2 0.91 against 1.51 (1.41); and
 // where the planes do not fit either, 4 x 16 x 256^2 5.4 against 8.9 (9.0).
 inline bool CopyPays(int64_t plane_bytes, int64_t copy_bytes, int64_t out_bytes) {
-  const Processor& cpu = ThisProcessor();
-  return !(cpu.intel && plane_bytes <= cpu.l2_bytes && copy_bytes + out_bytes > cpu.l2_bytes);
+  return !(IntelPlanesInL2(plane_bytes) && copy_bytes + out_bytes > ThisProcessor().l2_bytes);
 }
 
 inline bool InterleavedForward(const Geometry& g) {
@@ -1693,7 +1699,7 @@ inline bool InterleavedForward(const Geometry& g) {
   // 0.15 against 0.17). Four channels fill the copy's pixels and still gain
   // (8 x 4 x 96^2, one core: 0.39 against 0.42).
   const int64_t plane_bytes = g.channels * g.num_pixels * int64_t{sizeof(float)};
-  if (g.channels < kPixelFloats && ThisProcessor().intel && plane_bytes <= ThisProcessor().l2_bytes) return false;
+  if (g.channels < kPixelFloats && IntelPlanesInL2(plane_bytes)) return false;
   const int64_t floats_per_pixel = g.channels == 2 ? 2 : kPixelFloats;
   return CopyPays(plane_bytes,
                   floats_per_pixel * g.num_pixels * int64_t{sizeof(float)},
@@ -1910,10 +1916,7 @@ template <typename Family>
 inline bool PixelMajorForwardCopies(const Geometry& g) {
   if (!PixelMajorForward<Family>(g)) return false;
   const int64_t plane_bytes = g.channels * g.num_pixels * int64_t{sizeof(float)};
-  const Processor& cpu = ThisProcessor();
-  if (Family::kTaps == 1 && g.channels <= kDirectMaxChannels && cpu.intel && plane_bytes <= cpu.l2_bytes) {
-    return false;
-  }
+  if (Family::kTaps == 1 && g.channels <= kDirectMaxChannels && IntelPlanesInL2(plane_bytes)) return false;
   return g.num_points >= 2 * g.num_pixels ||
          CopyPays(plane_bytes, (g.num_pixels + 1) * PixelMajorStride(g.channels) * int64_t{sizeof(float)},
                   g.channels * g.num_points * int64_t{sizeof(float)});
