@@ -74,6 +74,23 @@ def make_case(rng, ndim, mode, padding, align_corners, dtype, hard_fraction=0.5)
   return dict(inp=inp, grid=grid, grad_out=grad_out, u=u, w=w)
 
 
+def make_far_reflection_case(rng, ndim, dtype):
+  """x far outside a 731-pixel row (reflection padding's hard case), random y (and z).
+
+  There the fold's product, flips x span, is inexact in float32, so one
+  rounding more or less than PyTorch's moves the remainder across a
+  reflection plane; the small shapes of make_case keep that product exact.
+  """
+  spatial = (2, 731) if ndim == 2 else (2, 2, 731)
+  inp = rng.standard_normal((1, 1) + spatial).astype(dtype)
+  grid = rng.uniform(-1, 1, (1,) + (1,) * (ndim - 1) + (96, ndim))
+  far = np.array([1e6, -1e6, 3.3e5, -2.7e5, 4.1e4, -6.5e4])
+  grid[..., 0] = rng.choice(far, size=grid.shape[:-1]) * rng.uniform(0.5, 1.5, grid.shape[:-1])
+  grid = grid.astype(dtype)
+  grad_out = rng.standard_normal(inp.shape[:2] + grid.shape[1:-1]).astype(dtype)
+  return dict(inp=inp, grid=grid, grad_out=grad_out)
+
+
 def tolerance(dtype) -> float:
   """Relative tolerance (to the largest reference magnitude, at least 1)."""
   return 2e-5 if np.dtype(dtype) == np.float32 else 1e-10

@@ -62,23 +62,18 @@ def test_larger_uniform_case(combination, implementation):
 @pytest.mark.parametrize("dtype", cases.DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("combination", [c for c in COMBINATIONS if c[2] == "reflection"], ids=_id)
 def test_reflection_far_outside_a_wide_plane(combination, dtype, implementation):
-  """x far outside a 731-pixel row: the fold's product (flips x span) is inexact in float32.
+  """x far outside a 731-pixel row (cases.make_far_reflection_case), fresh seeds; golden values in test_golden.
 
-  The small shapes of the other cases keep that product exact; here one
-  rounding more (a multiply and a subtract where PyTorch's 2-D kernel has one
-  fma) moved the remainder across the far half and read the wrong pixel.
+  One rounding more than PyTorch's (a multiply and a subtract where its 2-D
+  kernel has one fma, or XLA's reciprocal for a division) moved the
+  remainder across the far half and read the wrong pixel.
   """
   ndim, mode, padding, ac = combination
   rng = np.random.default_rng(cases.stable_seed("far", ndim, mode, ac, np.dtype(dtype).name))
-  spatial = (3, 731) if ndim == 2 else (2, 3, 731)
-  inp = rng.standard_normal((1, 2) + spatial).astype(dtype)
-  grid = rng.uniform(-1, 1, (1, 1, 96, ndim) if ndim == 2 else (1, 1, 1, 96, ndim))
-  far = np.array([1e6, -1e6, 3.3e5, -2.7e5, 4.1e4, -6.5e4])
-  grid[..., 0] = rng.choice(far, size=grid.shape[:-1]) * rng.uniform(0.5, 1.5, grid.shape[:-1])
-  grid = grid.astype(dtype)
-  grad_out = rng.standard_normal(inp.shape[:2] + grid.shape[1:-1]).astype(dtype)
-  expected = torch_oracle.torch_grid_sample(inp, grid, grad_out, mode, padding, ac)
-  ours = jax_grid_sample(inp, grid, grad_out, mode, padding, ac, implementation=implementation)
+  case = cases.make_far_reflection_case(rng, ndim, dtype)
+  expected = torch_oracle.torch_grid_sample(case["inp"], case["grid"], case["grad_out"], mode, padding, ac)
+  ours = jax_grid_sample(case["inp"], case["grid"], case["grad_out"], mode, padding, ac,
+                         implementation=implementation)
   for field, value in expected.items():
     cases.assert_close(ours[field], value, dtype, what=field)
 
