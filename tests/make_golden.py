@@ -30,18 +30,27 @@ FAR_REFLECTION_SEED = 20261205
 CASES_PER_COMBINATION = 2
 
 
+def write_cases(path: pathlib.Path, entries) -> None:
+  """Saves (meta, arrays) pairs as keys "<index>/<field>", the layout cases.load_golden reads."""
+  arrays = {}
+  for index, (meta, fields) in enumerate(entries):
+    arrays[f"{index:04d}/meta"] = np.array([str(m) for m in meta])
+    for name, value in fields.items():
+      arrays[f"{index:04d}/{name}"] = value
+  path.parent.mkdir(exist_ok=True)
+  np.savez_compressed(path, torch_version=np.array(torch.__version__), **arrays)
+  print(f"wrote {len(entries)} cases to {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
 def write_far_reflection() -> None:
   rng = np.random.default_rng(FAR_REFLECTION_SEED)
-  arrays = {}
+  entries = []
   reflection = [c for c in cases.combinations() if c[2] == "reflection"]
-  for index, ((ndim, mode, padding, ac), dtype) in enumerate(itertools.product(reflection, cases.DTYPES)):
+  for (ndim, mode, padding, ac), dtype in itertools.product(reflection, cases.DTYPES):
     case = cases.make_far_reflection_case(rng, ndim, dtype)
     ref = torch_grid_sample(case["inp"], case["grid"], case["grad_out"], mode, padding, ac)
-    arrays[f"{index:04d}/meta"] = np.array([str(ndim), mode, padding, str(ac)])
-    for name, value in {**case, **ref}.items():
-      arrays[f"{index:04d}/{name}"] = value
-  np.savez_compressed(FAR_REFLECTION, torch_version=np.array(torch.__version__), **arrays)
-  print(f"wrote {len(reflection) * len(cases.DTYPES)} cases to {FAR_REFLECTION}")
+    entries.append(((ndim, mode, padding, ac), {**case, **ref}))
+  write_cases(FAR_REFLECTION, entries)
 
 
 def main() -> None:
@@ -51,22 +60,15 @@ def main() -> None:
   if "--far-reflection-only" in sys.argv[1:]:
     return
   rng = np.random.default_rng(SEED)
-  arrays = {}
-  index = 0
+  entries = []
   for ndim, mode, padding, ac in cases.combinations():
     for dtype in cases.DTYPES:
       for _ in range(CASES_PER_COMBINATION):
         case = cases.make_case(rng, ndim, mode, padding, ac, dtype)
         ref = torch_grid_sample(case["inp"], case["grid"], case["grad_out"], mode, padding, ac,
                                 ddot=(case["u"], case["w"]))
-        prefix = f"{index:04d}"
-        arrays[f"{prefix}/meta"] = np.array([str(ndim), mode, padding, str(ac)])
-        for name, value in {**case, **ref}.items():
-          arrays[f"{prefix}/{name}"] = value
-        index += 1
-  GOLDEN.parent.mkdir(exist_ok=True)
-  np.savez_compressed(GOLDEN, torch_version=np.array(torch.__version__), **arrays)
-  print(f"wrote {index} cases to {GOLDEN} ({GOLDEN.stat().st_size / 1024:.0f} KiB)")
+        entries.append(((ndim, mode, padding, ac), {**case, **ref}))
+  write_cases(GOLDEN, entries)
 
 
 if __name__ == "__main__":
