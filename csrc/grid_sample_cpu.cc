@@ -1178,6 +1178,22 @@ constexpr int64_t kSpinMicroseconds = 100;
 // runs on the caller alone: about 30 microseconds on one core.
 constexpr int64_t kMinParallelWork = int64_t{1} << 17;
 
+// Below this much work (about 60 microseconds on one core) a call also runs
+// alone when every worker sleeps and no call has ended within
+// kRecentMicroseconds: an isolated small call, say one between a model's
+// other operations. Waking a sleeping worker costs the caller the futex
+// wake, and the worker starts later still: on the Intel VM 15-55 us for the
+// wake and 7-42 us more (medians of 200 wakes, after pauses of 0.3 to 20
+// ms), more than such a call can gain. Calls closer together are a loop (a
+// Python loop of jitted calls left 90-120 us between them here), where woken
+// workers may still be polling when the next call comes. Two threads, one
+// process, alternating calls with and without the rule: with 0.5 ms between
+// calls, 32 x 1 x 28^2 bilinear forward 65 -> 47 us and 16 x 8 x 32^2
+// nearest 181 -> 72 us; with 2 ms, 150 -> 47 and 184 -> 75; back to back and
+// with 0.2 ms, level (31, 39; 57-62, 94-99 us).
+constexpr int64_t kColdMinWork = int64_t{1} << 18;
+constexpr int64_t kRecentMicroseconds = 300;
+
 // A worker whose current unit has taken this many times the caller's mean
 // unit time, plus kOverdueMicroseconds, is taken to be preempted
 // (WaitForWorkers). Without a mean (the caller ran no unit),
@@ -1211,12 +1227,16 @@ class Workers {
   // caller finishes alone if no worker joins in time; it then waits only for
   // workers that joined. A concurrent call (another thread of the program)
   // finds the workers taken and runs alone: never a deadlock, never a wait.
+  //
+  // ``work`` (see WorkOf) decides whether an isolated call wakes sleeping
+  // workers (kColdMinWork).
   template <typename Fn>
-  void Run(int64_t threads, int64_t num_units, const Fn& fn) {
+  void Run(int64_t threads, int64_t num_units, int64_t work, const Fn& fn) {
     const int64_t helpers = std::min<int64_t>(threads, num_units) - 1;
     std::unique_lock<std::mutex> submit(submit_, std::try_to_lock);
-    if (helpers <= 0 || !submit.owns_lock() || Grow(helpers) == 0) {
+    if (helpers <= 0 || !submit.owns_lock() || (work < kColdMinWork && Isolated()) || Grow(helpers) == 0) {
       for (int64_t unit = 0; unit < num_units; ++unit) fn(unit);
+      last_end_.store(NowNanoseconds(), std::memory_order_relaxed);
       return;
     }
     Job job{&Job::Call<Fn>, &fn, num_units, std::min<int64_t>(helpers, static_cast<int64_t>(threads_.size())),
@@ -1235,9 +1255,18 @@ class Workers {
     // counted, and the caller waits for their last units.
     job_.store(nullptr);
     WaitForWorkers(units > 0 ? (NowNanoseconds() - start) / units : 0);
+    last_end_.store(NowNanoseconds(), std::memory_order_relaxed);
   }
 
  private:
+  // Whether every started worker sleeps and no call has ended within
+  // kRecentMicroseconds (the caller holds submit_).
+  bool Isolated() {
+    if (NowNanoseconds() - last_end_.load(std::memory_order_relaxed) < kRecentMicroseconds * 1000) return false;
+    std::lock_guard<std::mutex> lock(sleep_mutex_);
+    return !threads_.empty() && sleepers_ == static_cast<int>(threads_.size());
+  }
+
   struct Job {
     void (*call)(const void* fn, int64_t unit);
     const void* fn;
@@ -1394,6 +1423,7 @@ class Workers {
   std::condition_variable wake_;
   std::vector<std::unique_ptr<Slot>> slots_;  // one per started worker; grown under submit_
   std::atomic<bool> caller_waiting_{false};   // the caller sleeps in WaitForWorkers
+  std::atomic<int64_t> last_end_{0};          // when the last call ended (NowNanoseconds)
   std::mutex done_mutex_;
   std::condition_variable done_;
 };
@@ -1417,7 +1447,7 @@ inline int64_t WorkOf(const Geometry& g, int taps) {
 // has, or on the caller alone if ``work`` is too little to share.
 template <typename Fn>
 void ParallelFor(ffi::ThreadPool& pool, int64_t num_units, int64_t work, const Fn& fn) {
-  Workers::Get().Run(work < kMinParallelWork ? 1 : pool.num_threads(), num_units, fn);
+  Workers::Get().Run(work < kMinParallelWork ? 1 : pool.num_threads(), num_units, work, fn);
 }
 
 // Points per unit of work: whole blocks, about four units per thread.
