@@ -1185,8 +1185,9 @@ constexpr int64_t kMinParallelWork = int64_t{1} << 17;
 // wake, and the worker starts later still: on the Intel VM 15-55 us for the
 // wake and 7-42 us more (medians of 200 wakes, after pauses of 0.3 to 20
 // ms), more than such a call can gain. Calls closer together are a loop (a
-// Python loop of jitted calls left 90-120 us between them here), where woken
-// workers may still be polling when the next call comes. Two threads, one
+// plain Python loop of jitted calls left 8-62 us between one call's end and
+// the next one's start here, 10th to 90th percentile), where woken workers
+// are still polling when the next call comes. Two threads, one
 // process, alternating calls with and without the rule: with 0.5 ms between
 // calls, 32 x 1 x 28^2 bilinear forward 65 -> 47 us and 16 x 8 x 32^2
 // nearest 181 -> 72 us; with 2 ms, 150 -> 47 and 184 -> 75; back to back and
