@@ -1098,7 +1098,8 @@ void GradGridBlock(const Table& block, const T* values, const T* grad_out, T* gr
 //     spin for milliseconds).
 //
 // Calls too small to gain from a second thread (the wake-up costs several
-// microseconds) run on the caller alone (kMinParallelWork).
+// microseconds) run on the caller alone (kMinParallelWork), and so do small
+// calls that would have to wake a sleeping worker (kColdMinWork).
 
 inline void CpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -1187,11 +1188,11 @@ constexpr int64_t kMinParallelWork = int64_t{1} << 17;
 // ms), more than such a call can gain. Calls closer together are a loop (a
 // plain Python loop of jitted calls left 8-62 us between one call's end and
 // the next one's start here, 10th to 90th percentile), where woken workers
-// are still polling when the next call comes. Two threads, one
-// process, alternating calls with and without the rule: with 0.5 ms between
-// calls, 32 x 1 x 28^2 bilinear forward 65 -> 47 us and 16 x 8 x 32^2
-// nearest 181 -> 72 us; with 2 ms, 150 -> 47 and 184 -> 75; back to back and
-// with 0.2 ms, level (31, 39; 57-62, 94-99 us).
+// are still polling when the next call comes. Two threads, one process,
+// alternating calls with and without the rule: with 0.5 ms between calls,
+// 32 x 1 x 28^2 bilinear forward 65 -> 47 us and 16 x 8 x 32^2 nearest
+// 181 -> 72 us; with 2 ms, 150 -> 47 and 184 -> 75; back to back and with
+// 0.2 ms, level (31, 39; 57-62, 94-99 us).
 constexpr int64_t kColdMinWork = int64_t{1} << 18;
 constexpr int64_t kRecentMicroseconds = 300;
 
@@ -1445,7 +1446,8 @@ inline int64_t WorkOf(const Geometry& g, int taps) {
 }
 
 // Runs fn(unit) for unit in [0, num_units): on as many threads as XLA's pool
-// has, or on the caller alone if ``work`` is too little to share.
+// has, or on the caller alone if ``work`` is too little to share (or, in an
+// isolated call, to repay waking a worker; see kColdMinWork).
 template <typename Fn>
 void ParallelFor(ffi::ThreadPool& pool, int64_t num_units, int64_t work, const Fn& fn) {
   Workers::Get().Run(work < kMinParallelWork ? 1 : pool.num_threads(), num_units, work, fn);
