@@ -195,6 +195,58 @@ def test_pixel_major_backward_gives_the_bits_of_one_channel_at_a_time(padding, m
       summed = summed + part
     np.testing.assert_array_equal(grad_grid, summed)
 
+
+@pytest.mark.parametrize("padding", ["border", "reflection"])
+@pytest.mark.parametrize("spatial", [(9, 13), (6, 3), (2, 2), (1, 7), (3, 4, 5), (2, 3, 2)], ids=str)
+def test_folded_cubic_runs_give_the_bits_of_gathers(spatial, padding):
+  """Regrouping the points must move each point's results, to the bit.
+
+  Bicubic float32 under border or reflection padding reads each row of x
+  taps of 8 points as runs of 4 pixels, folded back into tap order where
+  padding repeats or reverses them (near an edge, and outside); a group with
+  a point whose taps do not fit in 4 pixels (so far out that the float
+  spacing exceeds a pixel) reads with gathers, and so does a plane of fewer
+  than 4 pixels. Shuffling the points puts them in other groups, so a point
+  is read one way, then another. The output and the grid gradient are sums
+  per point (grad_input's are in point order, so it is compared closely).
+  """
+  ndim = len(spatial)
+  rng = np.random.default_rng(cases.stable_seed("folded-runs", padding, *spatial))
+  batch, channels, num_points = 2, 3, 1027
+  inp = rng.standard_normal((batch, channels) + spatial).astype(np.float32)
+  inp[0, 1].flat[0] = np.inf  # a NaN in every tap sum that reads it, on either path
+  for ac in (False, True):
+    grid = rng.uniform(-1.3, 1.3, (batch, num_points, ndim))
+    for k in range(ndim):
+      hard = rng.random(grid.shape[:-1]) < 0.4
+      grid[..., k] = np.where(hard, rng.choice(cases.hard_values(spatial[ndim - 1 - k], ac), size=grid.shape[:-1]),
+                              grid[..., k])
+    far = rng.random(grid.shape[:-1]) < 0.01
+    grid[..., 0] = np.where(far, rng.choice([1e6, -3.3e5, 4.1e4], size=far.shape) * rng.uniform(0.5, 1.5, far.shape),
+                            grid[..., 0])
+    grid[0, :3] = [[np.nan] + [0.0] * (ndim - 1), [np.inf] * ndim, [-np.inf] * ndim]
+    grid = grid.astype(np.float32)[:, :, None] if ndim == 2 else grid.astype(np.float32)[:, :, None, None]
+    cotangent = rng.standard_normal((batch, channels) + grid.shape[1:-1]).astype(np.float32)
+
+    @jax.jit
+    def run(i, g, o, ac=ac):
+      out, vjp = jax.vjp(lambda x, y: grid_sample(x, y, "bicubic", padding, ac, implementation="cpu"), i, g)
+      return (out,) + vjp(o)
+
+    out, grad_input, grad_grid = (np.asarray(v) for v in run(inp, grid, cotangent))
+    order = rng.permutation(num_points)
+    shuffled = [np.asarray(v) for v in run(inp, grid[:, order], cotangent[:, :, order])]
+    np.testing.assert_array_equal(shuffled[0], out[:, :, order])
+    np.testing.assert_array_equal(shuffled[2], grad_grid[:, order])
+    np.testing.assert_allclose(shuffled[1], grad_input, rtol=1e-5, atol=1e-4)
+    finite = np.isfinite(inp).all(axis=tuple(range(1, inp.ndim)))  # the samples without the inf pixel
+    expected = jax.vjp(lambda x, y, ac=ac: grid_sample(x, y, "bicubic", padding, ac, implementation="xla"),
+                       inp[finite], grid[finite])
+    for what, a, b in zip(("out", "grad_input", "grad_grid"), (out[finite], grad_input[finite], grad_grid[finite]),
+                          (expected[0], *expected[1](cotangent[finite]))):
+      cases.assert_close(a, b, np.float32, what=what)
+
+
 def test_vmap_folds_the_mapped_axis_into_the_batch():
   inp, grid, cotangent, ac = _case(2, "bilinear", "border", np.float64, num_points=37)
   stacked_grid = np.stack([grid, grid[::-1], grid * 0.5])
