@@ -2456,6 +2456,20 @@ inline bool IntelTableForward(const Geometry& g) {
   return std::is_same_v<Family, Linear> && kNdim == 2 && (g.channels >= 32 || (g.channels >= 16 && downsampling)) &&
          ThisProcessor().intel;
 }
+
+// And from 48 channels on, unless upsampling, the table also beats the
+// pixel-major copy there (since the table's per-group work moved out of the
+// channel loop). Two threads, bench.py's timing, table against copy (ratios
+// to PyTorch's kernel, two runs): 8 x 48 x 48^2 0.81, 0.83 against 0.88,
+// 1.00; 4 x 48 x 64^2 0.77, 0.96 against 0.93, 1.02; 8 x 64 x 32^2 border
+// 0.48, 0.37 against 0.64, 0.51; 4 x 128 x 32^2 0.44, 0.35 against 0.52,
+// 0.50; 4 x 64 x 48^2 level. With 32 channels the copy was level or ahead
+// (8 x 32 x 48^2 0.83, 0.81 against 1.11, 0.98), and so it was upsampling
+// (2 x 48 x 64^2 -> 128^2 0.75, 0.67 against 0.87, 0.87).
+template <typename Family, int kNdim>
+inline bool IntelTableOverCopy(const Geometry& g) {
+  return IntelTableForward<Family, kNdim>(g) && g.channels >= 48 && g.num_points < 2 * g.num_pixels;
+}
 #endif
 
 template <typename T, typename Family, int kNdim, Padding kPad>
@@ -2503,7 +2517,7 @@ void Forward(ffi::ThreadPool& pool, const T* values, const T* grid, T* out, cons
     }
   }
   if constexpr (std::is_same_v<T, float>) {
-    if (PixelMajorForwardCopies<Family>(g)) {
+    if (PixelMajorForwardCopies<Family>(g) && !IntelTableOverCopy<Family, kNdim>(g)) {
       const int64_t stride = PixelMajorStride(g.channels);
       const int64_t threads = pool.num_threads();
       const int64_t sample_pixels = (g.num_pixels + 1) * stride;  // and a pixel of zeros
