@@ -1863,8 +1863,9 @@ inline bool IntelPlanesInL2(int64_t plane_bytes) {
 // 4 x 3 x 256^2 0.94 against 0.45 (0.23). But where both fit, 4 x 16 x 96^2
 // 0.36 against 0.50 (0.44) and 16 x 32 x 64^2 0.91 against 1.51 (1.41); and
 // where the planes do not fit either, 4 x 16 x 256^2 5.4 against 8.9 (9.0).
-inline bool CopyPays(int64_t plane_bytes, int64_t copy_bytes, int64_t out_bytes) {
-  return !(IntelPlanesInL2(plane_bytes) && copy_bytes + out_bytes > ThisProcessor().l2_bytes);
+// ``slack``: how far past L2 the copy and the output may reach and still copy.
+inline bool CopyPays(int64_t plane_bytes, int64_t copy_bytes, int64_t out_bytes, int64_t slack = 0) {
+  return !(IntelPlanesInL2(plane_bytes) && copy_bytes + out_bytes > ThisProcessor().l2_bytes + slack);
 }
 
 inline bool InterleavedForward(const Geometry& g) {
@@ -2096,9 +2097,14 @@ inline bool PixelMajorForwardCopies(const Geometry& g) {
   if (!PixelMajorForward<Family>(g)) return false;
   const int64_t plane_bytes = g.channels * g.num_pixels * int64_t{sizeof(float)};
   if (Family::kTaps == 1 && g.channels <= kDirectMaxChannels && IntelPlanesInL2(plane_bytes)) return false;
+  // Bilinear still gained from the copy just past L2: 4 x 16 x 128^2 (copy
+  // and output 64 bytes beyond 2 MiB), bench.py's timing, three runs: 0.96,
+  // 0.94, 0.98 -> 0.87, 0.79, 0.71 ms; 8 x 16 x 128^2 border 1.66, 1.74,
+  // 1.84 -> 1.42, 1.53, 1.83. An eighth of L2 past it, 8 x 32 x 96^2 lost.
+  const int64_t slack = std::is_same_v<Family, Linear> ? ThisProcessor().l2_bytes / 8 : 0;
   return g.num_points >= 2 * g.num_pixels ||
          CopyPays(plane_bytes, (g.num_pixels + 1) * PixelMajorStride(g.channels) * int64_t{sizeof(float)},
-                  g.channels * g.num_points * int64_t{sizeof(float)});
+                  g.channels * g.num_points * int64_t{sizeof(float)}, slack);
 }
 
 // An 8 x 8 transpose of floats: rows become columns.
