@@ -2100,7 +2100,7 @@ inline bool PixelMajorForwardCopies(const Geometry& g) {
   // Bilinear still gained from the copy just past L2: 4 x 16 x 128^2 (copy
   // and output 64 bytes beyond 2 MiB), bench.py's timing, three runs: 0.96,
   // 0.94, 0.98 -> 0.87, 0.79, 0.71 ms; 8 x 16 x 128^2 border 1.66, 1.74,
-  // 1.84 -> 1.42, 1.53, 1.83. An eighth of L2 past it, 8 x 32 x 96^2 lost.
+  // 1.84 -> 1.42, 1.53, 1.83. Further past (8 x 32 x 96^2, 18%), it lost.
   const int64_t slack = std::is_same_v<Family, Linear> ? ThisProcessor().l2_bytes / 8 : 0;
   return g.num_points >= 2 * g.num_pixels ||
          CopyPays(plane_bytes, (g.num_pixels + 1) * PixelMajorStride(g.channels) * int64_t{sizeof(float)},
