@@ -1344,10 +1344,13 @@ class Workers {
   }
 
   // Runs fn(unit) for unit in [0, num_units) on the calling thread and on at
-  // most threads - 1 workers. Units are claimed from a shared counter, so the
-  // caller finishes alone if no worker joins in time; it then waits only for
-  // workers that joined. A concurrent call (another thread of the program)
-  // finds the workers taken and runs alone: never a deadlock, never a wait.
+  // most threads - 1 workers. Each of them owns a contiguous range of units
+  // (the caller the first), runs it front to back, and then takes units one
+  // at a time from the back of the range with the most left (Job::Work). So
+  // the caller finishes alone if no worker joins in time; it then waits only
+  // for workers that joined. A concurrent call (another thread of the
+  // program) finds the workers taken and runs alone: never a deadlock, never
+  // a wait.
   //
   // ``work`` (see WorkOf) decides whether an isolated call wakes sleeping
   // workers (kColdMinWork).
@@ -1355,13 +1358,14 @@ class Workers {
   void Run(int64_t threads, int64_t num_units, int64_t work, const Fn& fn) {
     const int64_t helpers = std::min<int64_t>(threads, num_units) - 1;
     std::unique_lock<std::mutex> submit(submit_, std::try_to_lock);
-    if (helpers <= 0 || !submit.owns_lock() || (work < kColdMinWork && Isolated()) || Grow(helpers) == 0) {
+    if (helpers <= 0 || num_units > kMaxSharedUnits || !submit.owns_lock() || (work < kColdMinWork && Isolated()) ||
+        Grow(helpers) == 0) {
       for (int64_t unit = 0; unit < num_units; ++unit) fn(unit);
       last_end_.store(NowNanoseconds(), std::memory_order_relaxed);
       return;
     }
-    Job job{&Job::Call<Fn>, &fn, num_units, std::min<int64_t>(helpers, static_cast<int64_t>(threads_.size())),
-            CurrentCpu()};
+    Job job(&Job::Call<Fn>, &fn, num_units, std::min<int64_t>(helpers, static_cast<int64_t>(threads_.size())),
+            CurrentCpu());
     job_.store(&job);
     bool sleeping;
     {
@@ -1371,7 +1375,7 @@ class Workers {
     }
     if (sleeping) wake_.notify_all();
     const int64_t start = NowNanoseconds();
-    const int64_t units = job.Work(nullptr);
+    const int64_t units = job.Work(0, nullptr);
     // Workers that load the job after this see none; those that joined are
     // counted, and the caller waits for their last units.
     job_.store(nullptr);
@@ -1388,27 +1392,91 @@ class Workers {
     return !threads_.empty() && sleepers_ == static_cast<int>(threads_.size());
   }
 
+  // Job::Range packs a range's two bounds into 32 bits each.
+  static constexpr int64_t kMaxSharedUnits = std::numeric_limits<int32_t>::max();
+
+  // A call's units, dealt out as one contiguous range per thread that may
+  // take part: the caller's first, then one per helper. A thread that owns a
+  // range runs it from the front; once it is empty, it takes units from the
+  // back of the fullest range left. Contiguous ranges keep a thread on its
+  // own samples, whose copies (the interleaved and pixel-major forwards) it
+  // then makes once; taking from the back lets a thread that runs at full
+  // speed finish the units of one that shares its core with another
+  // program's thread (an OpenMP runtime's, spinning for milliseconds after
+  // each of its calls), and the units of a helper that joins late or never.
   struct Job {
+    // A range's front (high 32 bits) and end, changed together.
+    struct alignas(64) Range {
+      std::atomic<uint64_t> bounds{0};
+    };
+
+    Job(void (*call_fn)(const void*, int64_t), const void* fn_ptr, int64_t units, int64_t helper_count, int cpu)
+        : call(call_fn), fn(fn_ptr), num_units(units), helpers(helper_count), caller_cpu(cpu),
+          ranges(static_cast<size_t>(helper_count + 1)) {
+      const int64_t count = helper_count + 1;
+      for (int64_t r = 0; r < count; ++r) {
+        ranges[r].bounds.store(Pack(units * r / count, units * (r + 1) / count), std::memory_order_relaxed);
+      }
+    }
+
     void (*call)(const void* fn, int64_t unit);
     const void* fn;
     int64_t num_units;
     int64_t helpers;  // workers 0 .. helpers - 1 may join
     int caller_cpu;   // -1 if unknown
-    std::atomic<int64_t> next{0};
+    std::vector<Range> ranges;
 
     template <typename Fn>
     static void Call(const void* fn, int64_t unit) {
       (*static_cast<const Fn*>(fn))(unit);
     }
-    // Runs units until none is left; the number run. A worker passes where
+
+    // Runs units, its own range's first (owner 0 is the caller, owner i + 1
+    // worker i), until none is left; the number run. A worker passes where
     // it says when each unit started.
-    int64_t Work(std::atomic<int64_t>* unit_start) {
+    int64_t Work(int64_t owner, std::atomic<int64_t>* unit_start) {
       int64_t count = 0;
-      for (int64_t unit = next++; unit < num_units; unit = next++, ++count) {
+      for (int64_t unit = Take(owner, true); unit >= 0 || (unit = Steal()) >= 0; unit = Take(owner, true), ++count) {
         if (unit_start != nullptr) unit_start->store(NowNanoseconds(), std::memory_order_relaxed);
         call(fn, unit);
       }
       return count;
+    }
+
+   private:
+    static uint64_t Pack(int64_t front, int64_t end) {
+      return (static_cast<uint64_t>(front) << 32) | static_cast<uint64_t>(end);
+    }
+
+    // The front unit of range r (or its last one), or -1 if it is empty.
+    int64_t Take(int64_t r, bool front) {
+      uint64_t bounds = ranges[r].bounds.load();
+      for (;;) {
+        const int64_t first = static_cast<int64_t>(bounds >> 32);
+        const int64_t end = static_cast<int64_t>(bounds & 0xffffffffu);
+        if (first >= end) return -1;
+        const uint64_t taken = front ? Pack(first + 1, end) : Pack(first, end - 1);
+        if (ranges[r].bounds.compare_exchange_weak(bounds, taken)) return front ? first : end - 1;
+      }
+    }
+
+    // The last unit of the range with the most left, or -1 if all are empty.
+    int64_t Steal() {
+      for (;;) {
+        int64_t fullest = -1;
+        int64_t most = 0;
+        for (size_t r = 0; r < ranges.size(); ++r) {
+          const uint64_t bounds = ranges[r].bounds.load(std::memory_order_relaxed);
+          const int64_t left = static_cast<int64_t>(bounds & 0xffffffffu) - static_cast<int64_t>(bounds >> 32);
+          if (left > most) {
+            most = left;
+            fullest = static_cast<int64_t>(r);
+          }
+        }
+        if (fullest < 0) return -1;
+        const int64_t unit = Take(fullest, false);
+        if (unit >= 0) return unit;
+      }
     }
   };
 
@@ -1518,7 +1586,7 @@ class Workers {
         Release(slot);  // a pull that came after the last job ended
         {
           AvoidCpu avoid(job->caller_cpu);
-          job->Work(&slot->unit_start);
+          job->Work(index + 1, &slot->unit_start);
         }
         slot->busy.store(false);
         Release(slot);
@@ -1887,8 +1955,10 @@ inline bool InterleavedForward(const Geometry& g) {
 }
 
 // A thread's copy of one sample's planes, pixel-major, and which call and
-// sample it holds: the units of a call come in sample order, so a thread
-// copies each sample it works on once. Kept between calls, as ThreadTable.
+// sample it holds: a thread runs a contiguous range of a call's units, which
+// come in sample order (Workers::Run), so it copies each sample it works on
+// once, bar the units it takes from another's range. Kept between calls, as
+// ThreadTable.
 struct InterleavedSample {
   std::vector<float> pixels;
   std::vector<float> gradients;  // the pixel-major backward's grad_input
@@ -2488,18 +2558,15 @@ void Forward(ffi::ThreadPool& pool, const T* values, const T* grid, T* out, cons
 #ifdef JAXGRIDSAMPLE_AVX2
   if constexpr (std::is_same_v<T, float> && std::is_same_v<Family, Linear> && kNdim == 2) {
     if (InterleavedForward(g)) {
+      // Units are parts of samples. A thread copies a sample when it first
+      // runs a part of it, and as ParallelFor hands out contiguous ranges of
+      // units, a sample is copied twice only where two ranges meet in it, or
+      // where a thread takes parts from another's range.
       const int64_t call = ++InterleavedCalls();
-      // Whole samples as units where they share out evenly: split samples
-      // were copied by each thread that had a part (4 x 3 x 256^2, two
-      // threads: 0.80 against 0.90 ms). Otherwise a split evens the load
-      // (3 x 3 x 256^2: 0.71 split against 0.75 ms whole).
-      const bool whole_samples = g.num_batch % std::max<int64_t>(1, pool.num_threads()) == 0;
-      const int64_t unit_points = whole_samples ? g.num_points : per_unit;
-      const int64_t sample_units = whole_samples ? 1 : units_per_sample;
-      ParallelFor(pool, g.num_batch * sample_units, WorkOf(g, Block::kTaps), [&](int64_t unit) {
-        const int64_t n = unit / sample_units;
-        const int64_t begin = (unit % sample_units) * unit_points;
-        const int64_t end = std::min(g.num_points, begin + unit_points);
+      ParallelFor(pool, g.num_batch * units_per_sample, WorkOf(g, Block::kTaps), [&](int64_t unit) {
+        const int64_t n = unit / units_per_sample;
+        const int64_t begin = (unit % units_per_sample) * per_unit;
+        const int64_t end = std::min(g.num_points, begin + per_unit);
         InterleavedSample& sample = ThreadInterleavedSample();
         if (sample.call != call || sample.sample != n) {
           sample.pixels.resize(std::max<size_t>(sample.pixels.size(), g.num_pixels * kPixelFloats + 2));
@@ -2554,17 +2621,23 @@ void Forward(ffi::ThreadPool& pool, const T* values, const T* grid, T* out, cons
         });
         return;
       }
-      // Otherwise a unit is a whole sample, which its thread copies to its own
-      // scratch: split samples were copied by each thread that had a part.
+      // Otherwise units are parts of samples, and a thread copies a sample to
+      // its own scratch when it first runs a part of it (as the interleaved
+      // forward above does).
       const int64_t call = ++InterleavedCalls();
-      ParallelFor(pool, g.num_batch, WorkOf(g, Block::kTaps), [&](int64_t n) {
+      ParallelFor(pool, g.num_batch * units_per_sample, WorkOf(g, Block::kTaps), [&](int64_t unit) {
+        const int64_t n = unit / units_per_sample;
+        const int64_t begin = (unit % units_per_sample) * per_unit;
         InterleavedSample& sample = ThreadInterleavedSample();
-        sample.pixels.resize(std::max<size_t>(sample.pixels.size(), sample_pixels));
-        PixelMajorSample(values + n * sample_values, g.channels, g.num_pixels, sample.pixels.data());
-        sample.call = call;
-        sample.sample = n;
+        if (sample.call != call || sample.sample != n) {
+          sample.pixels.resize(std::max<size_t>(sample.pixels.size(), sample_pixels));
+          PixelMajorSample(values + n * sample_values, g.channels, g.num_pixels, sample.pixels.data());
+          sample.call = call;
+          sample.sample = n;
+        }
         InterpolatePixelMajor<Family, kNdim, kPad>(sample.pixels.data(), grid + n * g.num_points * kNdim,
-                                                   out + n * sample_out, 0, g.num_points, g, axes);
+                                                   out + n * sample_out, begin,
+                                                   std::min(g.num_points, begin + per_unit), g, axes);
       });
       return;
     }

@@ -312,6 +312,37 @@ def test_concurrent_calls_from_several_threads_agree_with_one_call():
       np.testing.assert_array_equal(np.asarray(got), want)
 
 
+def test_results_are_the_same_bits_while_other_processes_load_every_core():
+  """Under contention a thread may run another thread's units (Workers::Run).
+
+  Busy processes on every core slow the kernel's threads unevenly, so units
+  change hands; batches of 3 split a sample's units between two ranges. The
+  copies of the interleaved and pixel-major forwards, and every sum, must
+  not depend on which thread runs what.
+  """
+  configs = [(2, "bilinear", "zeros", 4), (2, "bilinear", "reflection", 8), (3, "bilinear", "border", 8),
+             (2, "nearest", "zeros", 16), (2, "bicubic", "border", 5)]
+  cases_and_expected = []
+  for ndim, mode, padding, channels in configs:
+    inp, grid, cotangent, ac = _case(ndim, mode, padding, np.float32, num_points=6000, channels=channels, batch=3)
+    expected = _forward_and_gradients(inp, grid, cotangent, mode, padding, ac, "cpu")
+    reference = _forward_and_gradients(inp, grid, cotangent, mode, padding, ac, "xla")
+    for what, a, b in zip(("out", "grad_input", "grad_grid"), expected, reference):
+      cases.assert_close(a, b, np.float32, what=f"{what} {ndim}-D {mode} {padding}")
+    cases_and_expected.append(((inp, grid, cotangent, mode, padding, ac), expected))
+  spin = "import time\nend = time.time() + 120\nwhile time.time() < end: pass"
+  spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(len(os.sched_getaffinity(0)))]
+  try:
+    for _ in range(3):
+      for args, expected in cases_and_expected:
+        for got, want in zip(_forward_and_gradients(*args, "cpu"), expected):
+          np.testing.assert_array_equal(got, want)
+  finally:
+    for spinner in spinners:
+      spinner.kill()
+      spinner.wait()
+
+
 def test_the_default_is_the_kernel_on_cpu_and_the_choice_is_checked():
   assert jax.default_backend() == "cpu"
   assert choose_implementation(None, (4, 4)) == "cpu"
