@@ -1964,6 +1964,19 @@ struct InterleavedSample {
   std::vector<float> gradients;  // the pixel-major backward's grad_input
   int64_t call = -1;
   int64_t sample = -1;
+
+  // The copy of sample n for call ``of_call``, at least ``floats`` long:
+  // made by copy(pixels) unless this thread already holds it.
+  template <typename Copy>
+  const float* Holding(int64_t of_call, int64_t n, size_t floats, const Copy& copy) {
+    if (call != of_call || sample != n) {
+      pixels.resize(std::max(pixels.size(), floats));
+      copy(pixels.data());
+      call = of_call;
+      sample = n;
+    }
+    return pixels.data();
+  }
 };
 
 inline InterleavedSample& ThreadInterleavedSample() {
@@ -2567,23 +2580,18 @@ void Forward(ffi::ThreadPool& pool, const T* values, const T* grid, T* out, cons
         const int64_t n = unit / units_per_sample;
         const int64_t begin = (unit % units_per_sample) * per_unit;
         const int64_t end = std::min(g.num_points, begin + per_unit);
-        InterleavedSample& sample = ThreadInterleavedSample();
-        if (sample.call != call || sample.sample != n) {
-          sample.pixels.resize(std::max<size_t>(sample.pixels.size(), g.num_pixels * kPixelFloats + 2));
+        const size_t floats = g.num_pixels * kPixelFloats + 2;
+        const float* pixels = ThreadInterleavedSample().Holding(call, n, floats, [&](float* to) {
           if (g.channels == 2) {
-            InterleaveTwoPlanes(values + n * sample_values, g.num_pixels, sample.pixels.data());
+            InterleaveTwoPlanes(values + n * sample_values, g.num_pixels, to);
           } else {
-            InterleavePlanes(values + n * sample_values, g.channels, g.num_pixels, sample.pixels.data());
+            InterleavePlanes(values + n * sample_values, g.channels, g.num_pixels, to);
           }
-          sample.call = call;
-          sample.sample = n;
-        }
+        });
         if (g.channels == 2) {
-          InterpolateTwoChannels<kPad>(sample.pixels.data(), grid + n * g.num_points * 2, out + n * sample_out, begin,
-                                       end, g, axes);
+          InterpolateTwoChannels<kPad>(pixels, grid + n * g.num_points * 2, out + n * sample_out, begin, end, g, axes);
         } else {
-          InterpolateInterleaved<kPad>(sample.pixels.data(), grid + n * g.num_points * 2, out + n * sample_out, begin,
-                                       end, g, axes);
+          InterpolateInterleaved<kPad>(pixels, grid + n * g.num_points * 2, out + n * sample_out, begin, end, g, axes);
         }
       });
       return;
@@ -2628,16 +2636,11 @@ void Forward(ffi::ThreadPool& pool, const T* values, const T* grid, T* out, cons
       ParallelFor(pool, g.num_batch * units_per_sample, WorkOf(g, Block::kTaps), [&](int64_t unit) {
         const int64_t n = unit / units_per_sample;
         const int64_t begin = (unit % units_per_sample) * per_unit;
-        InterleavedSample& sample = ThreadInterleavedSample();
-        if (sample.call != call || sample.sample != n) {
-          sample.pixels.resize(std::max<size_t>(sample.pixels.size(), sample_pixels));
-          PixelMajorSample(values + n * sample_values, g.channels, g.num_pixels, sample.pixels.data());
-          sample.call = call;
-          sample.sample = n;
-        }
-        InterpolatePixelMajor<Family, kNdim, kPad>(sample.pixels.data(), grid + n * g.num_points * kNdim,
-                                                   out + n * sample_out, begin,
-                                                   std::min(g.num_points, begin + per_unit), g, axes);
+        const float* pixels = ThreadInterleavedSample().Holding(call, n, sample_pixels, [&](float* to) {
+          PixelMajorSample(values + n * sample_values, g.channels, g.num_pixels, to);
+        });
+        InterpolatePixelMajor<Family, kNdim, kPad>(pixels, grid + n * g.num_points * kNdim, out + n * sample_out,
+                                                   begin, std::min(g.num_points, begin + per_unit), g, axes);
       });
       return;
     }
