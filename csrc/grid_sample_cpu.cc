@@ -1411,7 +1411,7 @@ class Workers {
     };
 
     Job(void (*call_fn)(const void*, int64_t), const void* fn_ptr, int64_t units, int64_t helper_count, int cpu)
-        : call(call_fn), fn(fn_ptr), num_units(units), helpers(helper_count), caller_cpu(cpu),
+        : call(call_fn), fn(fn_ptr), helpers(helper_count), caller_cpu(cpu),
           ranges(static_cast<size_t>(helper_count + 1)) {
       const int64_t count = helper_count + 1;
       for (int64_t r = 0; r < count; ++r) {
@@ -1421,7 +1421,6 @@ class Workers {
 
     void (*call)(const void* fn, int64_t unit);
     const void* fn;
-    int64_t num_units;
     int64_t helpers;  // workers 0 .. helpers - 1 may join
     int caller_cpu;   // -1 if unknown
     std::vector<Range> ranges;
