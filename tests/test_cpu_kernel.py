@@ -10,6 +10,7 @@ implementation.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -312,6 +313,23 @@ def test_concurrent_calls_from_several_threads_agree_with_one_call():
       np.testing.assert_array_equal(np.asarray(got), want)
 
 
+@contextlib.contextmanager
+def _busy_cores():
+  """One busy-looping process per core this process may run on, for the block's duration.
+
+  Each loop also ends by itself after 15 minutes, so that none outlives a
+  test run that is killed.
+  """
+  spin = "import time\nend = time.time() + 900\nwhile time.time() < end: pass"
+  spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(len(os.sched_getaffinity(0)))]
+  try:
+    yield
+  finally:
+    for spinner in spinners:
+      spinner.kill()
+      spinner.wait()
+
+
 def test_results_are_the_same_bits_while_other_processes_load_every_core():
   """Under contention a thread may run another thread's units (Workers::Run).
 
@@ -330,17 +348,11 @@ def test_results_are_the_same_bits_while_other_processes_load_every_core():
     for what, a, b in zip(("out", "grad_input", "grad_grid"), expected, reference):
       cases.assert_close(a, b, np.float32, what=f"{what} {ndim}-D {mode} {padding}")
     cases_and_expected.append(((inp, grid, cotangent, mode, padding, ac), expected))
-  spin = "import time\nend = time.time() + 120\nwhile time.time() < end: pass"
-  spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(len(os.sched_getaffinity(0)))]
-  try:
+  with _busy_cores():
     for _ in range(3):
       for args, expected in cases_and_expected:
         for got, want in zip(_forward_and_gradients(*args, "cpu"), expected):
           np.testing.assert_array_equal(got, want)
-  finally:
-    for spinner in spinners:
-      spinner.kill()
-      spinner.wait()
 
 
 def test_the_default_is_the_kernel_on_cpu_and_the_choice_is_checked():
@@ -433,14 +445,9 @@ def test_calls_on_busy_cores_neither_hang_nor_change_results(tmp_path):
   (Workers::WaitForWorkers); this must always come back, with the same
   numbers as on idle cores.
   """
-  spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
-  try:
+  with _busy_cores():
     result = subprocess.run([sys.executable, "-c", _REPEATED_CALLS, str(tmp_path / "busy.npz")],
                             capture_output=True, text=True, timeout=600, check=False)
-  finally:
-    for spinner in spinners:
-      spinner.kill()
-      spinner.wait()
   assert result.returncode == 0, result.stderr[-3000:]
   busy = np.load(tmp_path / "busy.npz")
   out, vjp = jax.vjp(lambda a, b: grid_sample(a, b), busy["inp"], busy["grid"])
