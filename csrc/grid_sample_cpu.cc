@@ -252,11 +252,11 @@ inline void LoadPairs(const T* p, Vec<T>* x, Vec<T>* y) {
 #endif
 }
 
-// LoadPairs' inverse: writes (x[i], y[i]) pairs to p[0 .. 2 kLanes). The grid
-// gradient's stores of single values had cost as much as its sums: two
-// threads, backward alone, one process switching between the two, 4 x 3 x
-// 384^2 border 10.3 -> 8.5 ms, 32 x 1 x 28^2 0.215 -> 0.178, 16 x 3 x 64^2
-// 0.51 -> 0.49.
+// LoadPairs' inverse: writes (x[i], y[i]) pairs to p[0 .. 2 kLanes), two
+// stores instead of 2 kLanes single ones for the grid gradient. Two threads,
+// backward alone, one process switching between the two: 4 x 3 x 384^2
+// border 10.3 -> 8.5 ms, 32 x 1 x 28^2 0.215 -> 0.178, 16 x 3 x 64^2 0.51 ->
+// 0.49.
 template <typename T>
 inline void StorePairs(T* p, Vec<T> x, Vec<T> y) {
 #ifdef JAXGRIDSAMPLE_AVX2
