@@ -1292,7 +1292,9 @@ void GradGridBlock(const Table& block, const T* values, const T* grad_out, T* gr
 //
 //   * A woken thread may be placed on the waker's core, beside the caller,
 //     with the other core idle (the scheduler took milliseconds to spread
-//     them). A worker that finds itself there moves off (AvoidCpu).
+//     them). A worker that finds itself there moves off (AvoidCpu). A
+//     polling worker can also sit queued on the caller's core; the caller
+//     moves it (PushOffCpu).
 //   * Another library's threads may be spinning on the other core: OpenMP
 //     runtimes (PyTorch's among them) spin for milliseconds after each
 //     parallel region. A woken worker with the default time slice waited
@@ -1429,6 +1431,11 @@ constexpr int64_t kRecentMicroseconds = 300;
 constexpr int64_t kOverdueFactor = 2;
 constexpr int64_t kOverdueMicroseconds = 20;
 
+// A worker that polls on the caller's core is moved off it (PushOffCpu) in
+// calls whose units are smaller than this much work: about 8 microseconds
+// each on one core.
+constexpr int64_t kMaxPushUnitWork = kMinParallelWork / 4;
+
 inline int64_t NowNanoseconds() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
@@ -1481,6 +1488,7 @@ class Workers {
       sleeping = sleepers_ > 0;
     }
     if (sleeping) wake_.notify_all();
+    if (work < num_units * kMaxPushUnitWork) PushOffCpu(job.caller_cpu);
     const int64_t start = NowNanoseconds();
     const int64_t units = job.Work(0, nullptr);
     // Workers that load the job after this see none; those that joined are
@@ -1592,10 +1600,38 @@ class Workers {
     std::atomic<bool> busy{false};  // inside a job's units
     std::atomic<bool> pulled{false};  // its affinity was narrowed by a caller
     std::atomic<int64_t> unit_start{0};  // when its current unit started (NowNanoseconds)
+    std::atomic<int> polling_cpu{-1};    // the core it polls on; -1 while it sleeps or works
 #ifdef __linux__
     cpu_set_t initial;  // its affinity before any pull
 #endif
   };
+
+  // Moves the workers that poll on ``cpu`` (the caller's) to the other
+  // cores. Such a worker waits in the queue behind the caller, and Linux can
+  // leave it there for the whole call while the other core idles: it then
+  // takes no unit. (Seen in some processes and not others: a small forward
+  // right after a forward+backward found the worker on its core in every
+  // call; 32 x 1 x 28^2 took 47-49 us against 28 where it did not, and 30-33
+  // with the move.) The worker gets its affinity back when it joins
+  // (Release). Only for calls of small units (kMaxPushUnitWork): on a core
+  // that another program's thread shares, a moved worker runs its unit at
+  // half speed, and a large straggling unit costs more than the move gains.
+  void PushOffCpu(int cpu) {
+#ifdef __linux__
+    if (cpu < 0) return;
+    for (const auto& slot : slots_) {
+      const long tid = slot->tid.load();
+      if (tid == 0 || slot->polling_cpu.load(std::memory_order_relaxed) != cpu) continue;
+      if (!CPU_ISSET(cpu, &slot->initial) || CPU_COUNT(&slot->initial) < 2) continue;
+      cpu_set_t elsewhere = slot->initial;
+      CPU_CLR(cpu, &elsewhere);
+      slot->pulled.store(true);  // before the change, so the worker undoes it
+      sched_setaffinity(static_cast<pid_t>(tid), sizeof(elsewhere), &elsewhere);
+    }
+#else
+    (void)cpu;
+#endif
+  }
 
   // Returns once no worker is inside the job. A worker in its last unit is
   // usually about to finish, and the caller spins. But a worker can also be
@@ -1677,11 +1713,13 @@ class Workers {
       for (int spin = 0; generation_.load() == seen; ++spin) {
         CpuRelax();
         if (spin % 32 != 31) continue;
+        slot->polling_cpu.store(CurrentCpu(), std::memory_order_relaxed);
         const int64_t now = NowNanoseconds();
         if (job_.load() != nullptr && now - poll_start < kMaxCallPollMicroseconds * 1000) continue;  // call running
         const int64_t call_end = std::max(poll_start, last_end_.load(std::memory_order_relaxed));
         if (now - call_end > kSpinMicroseconds * 1000) break;
       }
+      slot->polling_cpu.store(-1, std::memory_order_relaxed);
       {
         std::unique_lock<std::mutex> lock(sleep_mutex_);
         ++sleepers_;
@@ -1699,8 +1737,8 @@ class Workers {
           job->Work(index + 1, &slot->unit_start);
         }
         slot->busy.store(false);
-        Release(slot);
       }
+      Release(slot);  // also a push (PushOffCpu) that came too late for the job
       // Sequentially consistent, like the caller's store of caller_waiting_
       // and its test of joined_: either the caller sees no worker inside, or
       // the last worker out sees the caller waiting and wakes it.
