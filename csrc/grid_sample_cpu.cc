@@ -1796,6 +1796,21 @@ inline int64_t PointsPerUnit(const Geometry& g, int64_t threads, int block_point
   return (points + block_points - 1) / block_points * block_points;
 }
 
+// Where the float32 AVX2 build reads a pixel-major copy of each sample (see
+// the pixel-major forward below). Defined in every build, since the
+// backward's channel groups (ChannelGroups) depend on it.
+template <typename Family>
+constexpr int64_t kPixelMajorMinChannels = Family::kTaps == 1 ? 3 : Family::kTaps == 4 ? 4 : 5;
+constexpr int64_t kPixelMajorMaxFloats = int64_t{1} << 22;  // a scratch of at most 16 MiB per thread
+
+inline int64_t PixelMajorStride(int64_t channels) { return (channels + 7) / 8 * 8; }
+
+template <typename Family>
+inline bool PixelMajorForward(const Geometry& g) {
+  return !g.channels_last && g.channels >= kPixelMajorMinChannels<Family> &&
+         (g.num_pixels + 1) * PixelMajorStride(g.channels) <= kPixelMajorMaxFloats && 4 * g.num_points >= g.num_pixels;
+}
+
 #ifdef JAXGRIDSAMPLE_AVX2
 // The processor, for the choices below that depend on it. They were first
 // measured on an AMD Zen 4 (1 MiB of L2 per core), where the planes of the
@@ -2298,18 +2313,7 @@ void InterpolateInterleaved(const float* pixels, const float* grid, float* out, 
 // fewer than the pixels the copy costs more than it saves, and so it does
 // with fewer channels than these (2 x 2 x 48^3 trilinear 1.7 -> 2.9 ms,
 // 4 x 2 x 128^2 bicubic 0.39 -> 0.73; bilinear with 2 to 4 channels takes the
-// interleaved copy).
-template <typename Family>
-constexpr int64_t kPixelMajorMinChannels = Family::kTaps == 1 ? 3 : Family::kTaps == 4 ? 4 : 5;
-constexpr int64_t kPixelMajorMaxFloats = int64_t{1} << 22;  // a scratch of at most 16 MiB per thread
-
-inline int64_t PixelMajorStride(int64_t channels) { return (channels + 7) / 8 * 8; }
-
-template <typename Family>
-inline bool PixelMajorForward(const Geometry& g) {
-  return !g.channels_last && g.channels >= kPixelMajorMinChannels<Family> &&
-         (g.num_pixels + 1) * PixelMajorStride(g.channels) <= kPixelMajorMaxFloats && 4 * g.num_points >= g.num_pixels;
-}
+// interleaved copy). PixelMajorForward (above) says where it applies.
 
 // Whether the forward copies (the backward keys on PixelMajorForward alone).
 // With twice the points of the pixels or more (upsampling), each pixel's
@@ -2843,7 +2847,16 @@ void Forward(ffi::ThreadPool& pool, const T* values, const T* grid, T* out, cons
 // worth it at any tap count.
 constexpr int64_t kTargetUnits = 4;
 
-inline int64_t ChannelGroups(const Geometry& g) {
+template <typename Family>
+int64_t ChannelGroups(const Geometry& g) {
+  // Upsampling with the pixel-major copy: one group, so that the float32
+  // backward adds up grad_input on the copy (one read-modify-write per tap
+  // and 8 channels instead of per channel), with samples as the units. Two
+  // threads, backward alone: 2 x 32 x 64^2 -> 128^2 1.32-1.54 -> 0.62-0.64
+  // ms, 2 x 8 x 64^2 -> 256^2 1.48-2.12 -> 0.61-0.64, 1 x 16 x 64^2 ->
+  // 128^2 0.38 -> 0.29 (one thread against two). The groups depend on the
+  // shape alone, so every build and thread count adds the same sums.
+  if (Family::kHasSlope && PixelMajorForward<Family>(g) && g.num_points >= 2 * g.num_pixels) return 1;
   const int64_t channels = std::max<int64_t>(1, g.channels);
   const int64_t wanted = std::clamp<int64_t>((kTargetUnits + g.num_batch - 1) / std::max<int64_t>(1, g.num_batch), 1,
                                              channels);
@@ -2859,7 +2872,7 @@ void Backward(ffi::ThreadPool& pool, const T* values, const T* grid, const T* gr
   const int64_t sample_out = g.channels * g.num_points;
   const int64_t sample_grid = g.num_points * kNdim;
   const int64_t grid_size = g.num_batch * sample_grid;
-  const int64_t groups = ChannelGroups(g);
+  const int64_t groups = ChannelGroups<Family>(g);
   const int64_t per_group = (std::max<int64_t>(1, g.channels) + groups - 1) / groups;
   const int64_t channel_units = g.num_batch * groups;
 #ifdef JAXGRIDSAMPLE_AVX2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -112,10 +113,13 @@ def test_interleaved_forward_gives_the_bits_of_one_channel_at_a_time(padding, ch
 
 
 
-def _pixel_major_inputs(rng, ndim, batch, channels):
+def _pixel_major_inputs(rng, ndim, batch, channels, upsampling=False):
   """Inputs for the pixel-major tests: odd sizes (the copy's and the points' tails), an infinite and a NaN
-  pixel in the first sample, and, per align_corners, a grid with hard and non-finite values."""
+  pixel in the first sample, and, per align_corners, a grid with hard and non-finite values; with
+  ``upsampling``, about 2.5 times as many points as pixels."""
   spatial, num_points = ((23, 41), 1031) if ndim == 2 else ((5, 7, 9), 331)
+  if upsampling:
+    num_points = 5 * math.prod(spatial) // 2 + 3
   inp = rng.standard_normal((batch, channels) + spatial).astype(np.float32)
   corner = (0,) * ndim
   inp[(0, 1) + corner], inp[(0, -1) + corner[:-1] + (-1,)] = np.inf, np.nan
@@ -166,19 +170,26 @@ def test_pixel_major_forward_gives_the_bits_of_one_channel_at_a_time(padding, mo
 
 
 @pytest.mark.parametrize("padding", cases.PADDINGS)
-@pytest.mark.parametrize("mode,ndim,channels,batch", [("nearest", 2, 9, 4), ("nearest", 2, 9, 2), ("nearest", 3, 6, 2),
-                                                      ("bilinear", 2, 5, 4), ("bilinear", 3, 17, 4),
-                                                      ("bicubic", 2, 4, 4), ("bicubic", 3, 9, 4)])
-def test_pixel_major_backward_gives_the_bits_of_one_channel_at_a_time(padding, mode, ndim, channels, batch):
+@pytest.mark.parametrize("mode,ndim,channels,batch,upsampling", [
+    ("nearest", 2, 9, 4, False), ("nearest", 2, 9, 2, False), ("nearest", 3, 6, 2, False),
+    ("bilinear", 2, 5, 4, False), ("bilinear", 3, 17, 4, False), ("bicubic", 2, 4, 4, False),
+    ("bicubic", 3, 9, 4, False), ("bilinear", 2, 9, 2, True), ("bilinear", 3, 5, 1, True),
+    ("bicubic", 2, 4, 2, True)])
+def test_pixel_major_backward_gives_the_bits_of_one_channel_at_a_time(padding, mode, ndim, channels, batch,
+                                                                        upsampling):
   """With 4 samples or more the float32 backward also works on pixel-major copies; one channel reads its planes.
 
-  So does nearest with as many samples as threads (2 on CI). grad_input,
+  So does nearest with as many samples as threads (2 on CI), and bilinear
+  and bicubic with any number of samples where the points outnumber the
+  pixels twice over (upsampling). grad_input,
   channel by channel, must be the same bits. The grid gradient is the
   channels' terms added in channel order, starting from zero, so it must
   equal, to the bit, the one-channel grid gradients added up in that order.
   """
-  rng = np.random.default_rng(cases.stable_seed("pixel-major-backward", padding, mode, ndim, channels, batch))
-  inp, grid_for = _pixel_major_inputs(rng, ndim, batch, channels)
+  upsampled = ("upsampling",) if upsampling else ()  # the other cases keep their seeds
+  rng = np.random.default_rng(cases.stable_seed("pixel-major-backward", padding, mode, ndim, channels, batch,
+                                                *upsampled))
+  inp, grid_for = _pixel_major_inputs(rng, ndim, batch, channels, upsampling)
   for ac in (False, True):
     grid = grid_for(ac)
     cotangent = rng.standard_normal((batch, channels) + grid.shape[1:-1]).astype(np.float32)
