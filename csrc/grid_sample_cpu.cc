@@ -1805,6 +1805,10 @@ constexpr int64_t kPixelMajorMaxFloats = int64_t{1} << 22;  // a scratch of at m
 
 inline int64_t PixelMajorStride(int64_t channels) { return (channels + 7) / 8 * 8; }
 
+// Twice the points of the pixels or more: each pixel's channels are read
+// often enough for a pixel-major copy to pay wherever it applies.
+inline bool Upsampling(const Geometry& g) { return g.num_points >= 2 * g.num_pixels; }
+
 template <typename Family>
 inline bool PixelMajorForward(const Geometry& g) {
   return !g.channels_last && g.channels >= kPixelMajorMinChannels<Family> &&
@@ -2339,7 +2343,7 @@ inline bool PixelMajorForwardCopies(const Geometry& g) {
   // 0.94, 0.98 -> 0.87, 0.79, 0.71 ms; 8 x 16 x 128^2 border 1.66, 1.74,
   // 1.84 -> 1.42, 1.53, 1.83. Further past (8 x 32 x 96^2, 18%), it lost.
   const int64_t slack = std::is_same_v<Family, Linear> ? ThisProcessor().l2_bytes / 8 : 0;
-  return g.num_points >= 2 * g.num_pixels ||
+  return Upsampling(g) ||
          CopyPays(plane_bytes, (g.num_pixels + 1) * PixelMajorStride(g.channels) * int64_t{sizeof(float)},
                   g.channels * g.num_points * int64_t{sizeof(float)}, slack);
 }
@@ -2720,7 +2724,7 @@ inline bool IntelTableForward(const Geometry& g) {
 // (2 x 48 x 64^2 -> 128^2 0.75, 0.67 against 0.87, 0.87).
 template <typename Family, int kNdim>
 inline bool IntelTableOverCopy(const Geometry& g) {
-  return IntelTableForward<Family, kNdim>(g) && g.channels >= 48 && g.num_points < 2 * g.num_pixels;
+  return IntelTableForward<Family, kNdim>(g) && g.channels >= 48 && !Upsampling(g);
 }
 #endif
 
@@ -2858,7 +2862,7 @@ int64_t ChannelGroups(const Geometry& g) {
   // ms, 2 x 8 x 64^2 -> 256^2 1.48-2.12 -> 0.61-0.64, 1 x 16 x 64^2 ->
   // 128^2 0.38 -> 0.29 (one thread against two). The groups depend on the
   // shape alone, so every build and thread count adds the same sums.
-  if (Family::kHasSlope && PixelMajorForward<Family>(g) && g.num_points >= 2 * g.num_pixels) return 1;
+  if (Family::kHasSlope && PixelMajorForward<Family>(g) && Upsampling(g)) return 1;
   const int64_t channels = std::max<int64_t>(1, g.channels);
   const int64_t wanted = std::clamp<int64_t>((kTargetUnits + g.num_batch - 1) / std::max<int64_t>(1, g.num_batch), 1,
                                              channels);
